@@ -1,0 +1,5 @@
+import sys
+
+from dnsreg.cli import main
+
+sys.exit(main())

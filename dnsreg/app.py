@@ -1,0 +1,165 @@
+"""The composition root: store → registry → DNS + HTTP, shut down in reverse.
+
+Nothing else in dnsreg wires components together; tests start a real server
+through :class:`Server` with port 0 and a temporary data directory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+from collections.abc import Callable
+from typing import Any
+
+from aiohttp import web
+
+from dnsreg.answers import Settings
+from dnsreg.api import Api
+from dnsreg.config import Config
+from dnsreg.dnsserver import DnsServer
+from dnsreg.errors import ZoneError
+from dnsreg.metrics import Metrics
+from dnsreg.names import to_text
+from dnsreg.registry import Registry
+from dnsreg.responder import Responder
+from dnsreg.store import Store, open_store
+from dnsreg.zones import StaticZones, load_zones
+
+log = logging.getLogger("dnsreg")
+
+
+class Server:
+    def __init__(self, config: Config, *, clock: Callable[[], float] = time.time) -> None:
+        self.config = config
+        self.clock = clock
+        self.registry = Registry(panic_threshold=config.panic_threshold)
+        self.store: Store | None = None
+        self.static = StaticZones()
+        self.responder: Responder | None = None
+        self.dns: DnsServer | None = None
+        self.http_runner: web.AppRunner | None = None
+        self.dns_port = 0
+        self.http_port = 0
+        self._stopped = asyncio.Event()
+
+    # -------------------------------------------------------------- lifecycle
+    async def start(self) -> None:
+        cfg = self.config
+        origin = cfg.origin
+        # 1. The store fills the registry.
+        self.store = open_store(
+            cfg.store, data_dir=cfg.data_dir, registry=self.registry, clock=self.clock
+        )
+        await self.store.start()
+        try:
+            # 2. Static zones, checked against what the store brought back.
+            self.static = self._load_zones()
+            self.registry.static_clash = lambda svc: self.static.clash_for_service(origin, svc)
+            # 3. DNS.
+            settings = Settings(
+                origin=origin,
+                ns_addresses=cfg.advertised_addresses(),
+                negative_ttl=cfg.negative_ttl,
+                max_answers=cfg.max_answers,
+            )
+            self.responder = Responder(self.registry, self.static, settings)
+            self.dns = DnsServer(
+                self.responder.respond,
+                idle_timeout=cfg.tcp_idle_timeout,
+                max_connections=cfg.tcp_max_connections,
+            )
+            self.dns_port = await self.dns.start(cfg.dns.host, cfg.dns.port)
+            # 4. HTTP.
+            metrics = Metrics(self.registry, lambda: self.responder)
+            api = Api(
+                self.registry,
+                self.store,
+                metrics,
+                max_body_bytes=cfg.max_body_bytes,
+                describe=self.describe,
+            )
+            self.http_runner = web.AppRunner(api.app, access_log=None, handle_signals=False)
+            await self.http_runner.setup()
+            site = web.TCPSite(self.http_runner, cfg.http.host, cfg.http.port, shutdown_timeout=2)
+            await site.start()
+            self.http_port = int(self.http_runner.addresses[0][1])
+        except BaseException:
+            await self.stop()
+            raise
+        log.info(
+            "dnsreg %s serving zone %s: DNS on %s:%d (udp+tcp), HTTP on http://%s:%d, store %s",
+            _version(),
+            to_text(origin),
+            cfg.dns.host,
+            self.dns_port,
+            cfg.http.host,
+            self.http_port,
+            self.store.kind,
+        )
+
+    async def stop(self) -> None:
+        """Reverse order: HTTP, DNS, then the store flushes and closes."""
+        if self.http_runner is not None:
+            await self.http_runner.cleanup()
+            self.http_runner = None
+        if self.dns is not None:
+            await self.dns.close()
+            self.dns = None
+        if self.store is not None:
+            await self.store.close()
+            self.store = None
+        self._stopped.set()
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "zone": to_text(self.config.origin),
+            "dns": {"host": self.config.dns.host, "port": self.dns_port},
+            "static_zones": sorted(to_text(z) for z in self.static.zones),
+        }
+
+    # ------------------------------------------------------------------ zones
+    def _load_zones(self) -> StaticZones:
+        zones = load_zones(self.config.zones, self.config.origin)
+        for service in self.registry.services():
+            clash = zones.clash_for_service(self.config.origin, service)
+            if clash is not None:
+                raise ZoneError(
+                    f"static record {clash} clashes with registered service {service!r}"
+                )
+        return zones
+
+    def reload_zones(self) -> bool:
+        """SIGHUP: swap in the new zones, or keep the old ones and say why."""
+        try:
+            zones = self._load_zones()
+        except ZoneError as exc:
+            log.error("zone reload failed, still serving the previous zones: %s", exc.message)
+            return False
+        self.static = zones
+        if self.responder is not None:
+            self.responder.static = zones
+        log.info("zones reloaded: %s", ", ".join(sorted(to_text(z) for z in zones.zones)) or "none")
+        return True
+
+    # ---------------------------------------------------------------- running
+    async def serve_forever(self) -> None:
+        """Start, then run until SIGTERM/SIGINT; SIGHUP reloads the zone files."""
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        loop.add_signal_handler(signal.SIGTERM, stop.set)
+        loop.add_signal_handler(signal.SIGINT, stop.set)
+        loop.add_signal_handler(signal.SIGHUP, self.reload_zones)
+        await self.start()
+        try:
+            await stop.wait()
+            log.info("shutting down")
+        finally:
+            await self.stop()
+
+
+def _version() -> str:
+    from dnsreg import __version__
+
+    return __version__

@@ -1,0 +1,75 @@
+"""The ``dnsreg`` command."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Sequence
+
+from dnsreg import __version__
+from dnsreg.config import load_config
+from dnsreg.errors import DnsregError
+
+
+def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("serve", help="run the DNS and HTTP server")
+    p.add_argument("--dns", metavar="HOST:PORT", help="DNS address, UDP and TCP (127.0.0.1:8600)")
+    p.add_argument("--http", metavar="HOST:PORT", help="HTTP API address (127.0.0.1:8500)")
+    p.add_argument("--domain", help="the dynamic zone (service.local)")
+    p.add_argument("--zones", metavar="DIR", help="folder of *.zone files (./zones)")
+    p.add_argument("--data-dir", dest="data_dir", metavar="DIR", help="state folder (./.dnsreg)")
+    p.add_argument("--store", metavar="URL", help="sqlite (default) or etcd://host:port,.../prefix")
+    p.add_argument("--config", metavar="FILE", help="TOML file with any of these settings")
+    p.add_argument("--advertise", metavar="IP[,IP]", help="addresses of ns.<domain>")
+    p.add_argument("--panic-threshold", dest="panic_threshold", metavar="FRACTION")
+    p.add_argument("--max-answers", dest="max_answers", type=int, metavar="N")
+    p.add_argument("--log-level", dest="log_level", choices=["debug", "info", "warning", "error"])
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="dnsreg", description="DNS-based service discovery")
+    parser.add_argument("--version", action="version", version=f"dnsreg {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _serve_parser(sub)
+    args = parser.parse_args(argv)
+    if args.command == "serve":
+        return _serve(vars(args))
+    parser.error(f"unknown command {args.command}")
+    return 2
+
+
+def _serve(flags: dict[str, object]) -> int:
+    from dnsreg.app import Server
+
+    flags.pop("command", None)
+    try:
+        config = load_config(flags)
+    except DnsregError as exc:
+        print(f"dnsreg: {exc.message}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=config.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        import uvloop
+    except ImportError:
+        uvloop = None  # type: ignore[assignment]
+    try:
+        if uvloop is not None:
+            uvloop.run(Server(config).serve_forever())
+        else:
+            asyncio.run(Server(config).serve_forever())
+    except DnsregError as exc:
+        logging.getLogger("dnsreg").error("%s", exc.message)
+        return 1
+    except OSError as exc:
+        logging.getLogger("dnsreg").error("cannot start: %s", exc)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

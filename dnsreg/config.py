@@ -1,0 +1,140 @@
+"""Server settings: defaults < TOML file < ``DNSREG_*`` environment < command-line flags."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+from dnsreg.errors import ConfigError, InvalidInput
+from dnsreg.names import check_label, parse_name
+
+
+@dataclass(frozen=True, slots=True)
+class HostPort:
+    host: str
+    port: int
+
+    @classmethod
+    def parse(cls, text: str, *, field: str) -> HostPort:
+        host, sep, port = text.rpartition(":")
+        if not sep or not port.isdigit() or int(port) > 65535:
+            raise ConfigError(f"{field}: {text!r} is not HOST:PORT")
+        host = host.strip("[]") or "127.0.0.1"
+        return cls(host, int(port))
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    dns: HostPort = HostPort("127.0.0.1", 8600)
+    http: HostPort = HostPort("127.0.0.1", 8500)
+    domain: str = "service.local"
+    zones: Path = Path("zones")
+    data_dir: Path = Path(".dnsreg")
+    store: str = "sqlite"
+    advertise: tuple[str, ...] = ()  # addresses of ns.<domain>; default: the DNS host
+    negative_ttl: int = 5
+    max_answers: int | None = None
+    panic_threshold: float | None = None
+    max_body_bytes: int = 64 * 1024
+    tcp_idle_timeout: float = 10.0
+    tcp_max_connections: int = 512
+    log_level: str = "info"
+
+    @property
+    def origin(self) -> tuple[str, ...]:
+        return parse_name(self.domain)
+
+    def advertised_addresses(
+        self,
+    ) -> tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, ...]:
+        raw = self.advertise or (self.dns.host,)
+        out = []
+        for text in raw:
+            try:
+                address = ipaddress.ip_address(text)
+            except ValueError as exc:
+                raise ConfigError(f"advertise: {text!r} is not an IP address") from exc
+            if address.is_unspecified:
+                address = ipaddress.ip_address("127.0.0.1" if address.version == 4 else "::1")
+            out.append(address)
+        return tuple(out)
+
+
+_ENV_PREFIX = "DNSREG_"
+_FIELDS = {f.name for f in fields(Config)}
+
+
+def _coerce(name: str, value: Any) -> Any:
+    """Turn a file, env or flag value into the field's type."""
+    try:
+        if name in ("dns", "http"):
+            return value if isinstance(value, HostPort) else HostPort.parse(str(value), field=name)
+        if name in ("zones", "data_dir"):
+            return Path(str(value))
+        if name == "advertise":
+            if isinstance(value, str):
+                return tuple(v.strip() for v in value.split(",") if v.strip())
+            return tuple(str(v) for v in value)
+        if name in ("negative_ttl", "max_body_bytes", "tcp_max_connections"):
+            return int(value)
+        if name == "max_answers":
+            return None if value in (None, "", 0, "0") else int(value)
+        if name == "panic_threshold":
+            if value in (None, "", "off"):
+                return None
+            threshold = float(value)
+            if not 0.0 < threshold <= 1.0:
+                raise ConfigError("panic_threshold: must be a fraction in (0, 1]")
+            return threshold
+        if name == "tcp_idle_timeout":
+            return float(value)
+        if name == "domain":
+            text = str(value).strip().rstrip(".").lower()
+            for label in text.split("."):
+                check_label(label, field="domain")
+            return text
+        return str(value)
+    except (ValueError, TypeError, InvalidInput) as exc:
+        raise ConfigError(f"{name}: {value!r} is not valid: {exc}") from exc
+
+
+def load_config(
+    flags: Mapping[str, Any] | None = None,
+    env: Mapping[str, str] | None = None,
+) -> Config:
+    """Merge the layers. ``flags`` holds only the flags the user gave."""
+    flags = {k: v for k, v in (flags or {}).items() if v is not None}
+    env = os.environ if env is None else env
+    env_values = {
+        name: env[_ENV_PREFIX + name.upper()]
+        for name in _FIELDS | {"config"}
+        if _ENV_PREFIX + name.upper() in env
+    }
+    config_file = flags.get("config") or env_values.get("config")
+    file_values: dict[str, Any] = {}
+    if config_file:
+        path = Path(config_file)
+        try:
+            file_values = tomllib.loads(path.read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise ConfigError(f"config file {path}: {exc.strerror or exc}") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {path}: {exc}") from exc
+        file_values = {k.replace("-", "_"): v for k, v in file_values.items()}
+        unknown = sorted(set(file_values) - _FIELDS)
+        if unknown:
+            raise ConfigError(f"config file {path}: unknown key(s) {', '.join(unknown)}")
+    merged: dict[str, Any] = {}
+    for layer in (file_values, env_values, flags):
+        for name, value in layer.items():
+            if name in _FIELDS:
+                merged[name] = _coerce(name, value)
+    return replace(Config(), **merged)

@@ -1,0 +1,52 @@
+"""The one exception family of dnsreg.
+
+Every error the product raises on purpose derives from :class:`DnsregError`.
+Each subclass names what went wrong; the HTTP status and the log level that go
+with it are decided in exactly one place (``api.error_response``), never here.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class DnsregError(Exception):
+    """Root of every error dnsreg raises deliberately."""
+
+    def __init__(self, message: str, *, field: str | None = None, detail: Any = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.field = field
+        self.detail = detail
+
+
+class InvalidInput(DnsregError):
+    """A request or a setting is malformed (a bad name, a bad duration, ...)."""
+
+
+class NotFound(DnsregError):
+    """The named service or instance is not registered."""
+
+
+class Conflict(DnsregError):
+    """The request would make two names collide (id equals a tag, static clash)."""
+
+
+class PayloadTooLarge(DnsregError):
+    """The request body is larger than the server accepts."""
+
+
+class UnsupportedMediaType(DnsregError):
+    """The request body is not JSON."""
+
+
+class Unavailable(DnsregError):
+    """The store cannot take writes right now."""
+
+
+class ZoneError(DnsregError):
+    """A zone file could not be loaded; the message names the file and line."""
+
+
+class ConfigError(DnsregError):
+    """The server configuration is invalid."""

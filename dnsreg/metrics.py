@@ -1,0 +1,63 @@
+"""Prometheus metrics (prometheus-client), each server with its own registry."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+from prometheus_client import CollectorRegistry, Counter, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.registry import Collector
+
+from dnsreg.registry import Registry
+from dnsreg.responder import Responder
+from dnsreg.wire import Rcode
+
+
+class _LiveCollector(Collector):
+    """Reads the registry and the responder's counters at scrape time (nothing on the hot path)."""
+
+    def __init__(self, registry: Registry, responder: Callable[[], Responder | None]) -> None:
+        self.registry = registry
+        self.responder = responder
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        yield GaugeMetricFamily(
+            "dnsreg_revision", "Registry revision", value=self.registry.revision
+        )
+        yield GaugeMetricFamily(
+            "dnsreg_instances", "Registered instances", value=len(self.registry)
+        )
+        yield GaugeMetricFamily(
+            "dnsreg_services", "Services with at least one instance",
+            value=sum(1 for _ in self.registry.services()),
+        )  # fmt: skip
+        responder = self.responder()
+        if responder is None:
+            return
+        queries = CounterMetricFamily(
+            "dnsreg_dns_responses", "DNS responses sent, by rcode", labels=["rcode"]
+        )
+        for code, count in sorted(responder.rcodes.items()):
+            name = Rcode(code).name if code in Rcode._value2member_map_ else str(code)
+            queries.add_metric([name], count)
+        yield queries
+        yield CounterMetricFamily(
+            "dnsreg_dns_malformed", "Packets that did not parse as a query",
+            value=responder.malformed,
+        )  # fmt: skip
+
+
+class Metrics:
+    def __init__(self, registry: Registry, responder: Callable[[], Responder | None]) -> None:
+        self.registry = CollectorRegistry()
+        self.registrations = Counter(
+            "dnsreg_registrations", "Register calls accepted", registry=self.registry
+        )
+        self.heartbeats = Counter(
+            "dnsreg_heartbeats", "Heartbeats accepted", registry=self.registry
+        )
+        self.registry.register(_LiveCollector(registry, responder))
+
+    def render(self) -> tuple[bytes, str]:
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST

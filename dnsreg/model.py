@@ -1,0 +1,213 @@
+"""What the registry holds: registrations, their checks, and their runtime state.
+
+Everything here is an immutable value; the registry swaps whole values, so a
+reader (the DNS side) never sees a half-updated instance.
+"""
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+from dataclasses import dataclass, replace
+from typing import Any, Literal
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+Protocol = Literal["tcp", "udp"]
+
+DEFAULT_LEASE_TTL = 30.0
+MIN_LEASE_TTL = 1.0
+MAX_LEASE_TTL = 24 * 3600.0
+DEFAULT_DNS_TTL = 5
+
+
+class Health(enum.Enum):
+    """Health of an instance: the worst of its checks (passing < warning < critical)."""
+
+    PASSING = "passing"
+    WARNING = "warning"
+    CRITICAL = "critical"
+
+    @property
+    def served(self) -> bool:
+        return self is not Health.CRITICAL
+
+    @property
+    def rank(self) -> int:
+        return _HEALTH_RANK[self]
+
+
+_HEALTH_RANK = {Health.PASSING: 0, Health.WARNING: 1, Health.CRITICAL: 2}
+
+
+@dataclass(frozen=True, slots=True)
+class Check:
+    """One health check of an instance, as registered."""
+
+    kind: Literal["http", "tcp"]
+    target: str
+    interval: float = 10.0
+    timeout: float = 2.0
+    rise: int = 1
+    fall: int = 2
+    deregister_after: float | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            self.kind: self.target,
+            "interval": self.interval,
+            "timeout": self.timeout,
+            "rise": self.rise,
+            "fall": self.fall,
+            "deregister_after": self.deregister_after,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Registration:
+    """What a client asked for: the identity and the DNS-facing data of an instance."""
+
+    service: str
+    id: str
+    address: IPAddress
+    port: int
+    proto: Protocol = "tcp"
+    tags: tuple[str, ...] = ()
+    meta: tuple[tuple[str, str], ...] = ()
+    weight: int = 1
+    priority: int = 0
+    ttl: float = DEFAULT_LEASE_TTL  # lease; 0 means no lease
+    dns_ttl: int = DEFAULT_DNS_TTL
+    checks: tuple[Check, ...] = ()
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.service, self.id)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "service": self.service,
+            "id": self.id,
+            "address": str(self.address),
+            "port": self.port,
+            "proto": self.proto,
+            "tags": list(self.tags),
+            "meta": dict(self.meta),
+            "weight": self.weight,
+            "priority": self.priority,
+            "ttl": self.ttl,
+            "dns_ttl": self.dns_ttl,
+            "checks": [c.to_json() for c in self.checks],
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Registration:
+        """Inverse of :meth:`to_json`, for rows the store wrote itself."""
+        checks = []
+        for c in data.get("checks", []):
+            kind: Literal["http", "tcp"] = "http" if "http" in c else "tcp"
+            checks.append(
+                Check(
+                    kind=kind,
+                    target=c[kind],
+                    interval=c["interval"],
+                    timeout=c["timeout"],
+                    rise=c["rise"],
+                    fall=c["fall"],
+                    deregister_after=c.get("deregister_after"),
+                )
+            )
+        return cls(
+            service=data["service"],
+            id=data["id"],
+            address=ipaddress.ip_address(data["address"]),
+            port=data["port"],
+            proto=data["proto"],
+            tags=tuple(data["tags"]),
+            meta=tuple(sorted(data["meta"].items())),
+            weight=data["weight"],
+            priority=data["priority"],
+            ttl=data["ttl"],
+            dns_ttl=data["dns_ttl"],
+            checks=tuple(checks),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class CheckStatus:
+    """The latest known result of one check."""
+
+    state: Health = Health.CRITICAL
+    output: str = "not run yet"
+    consecutive: int = 0
+    last_run: float | None = None
+    last_duration: float | None = None
+    critical_since: float | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "state": self.state.value,
+            "output": self.output,
+            "consecutive": self.consecutive,
+            "last_run": self.last_run,
+            "last_duration": self.last_duration,
+            "critical_since": self.critical_since,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> CheckStatus:
+        return cls(
+            state=Health(data["state"]),
+            output=data["output"],
+            consecutive=data["consecutive"],
+            last_run=data.get("last_run"),
+            last_duration=data.get("last_duration"),
+            critical_since=data.get("critical_since"),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Instance:
+    """A registration plus the state the registry keeps for it."""
+
+    reg: Registration
+    deadline: float | None  # lease deadline (wall clock seconds); None: no lease
+    registered_at: float
+    revision: int  # the registry revision of the last change to this instance
+    checks: tuple[CheckStatus, ...] = ()
+    maintenance: str | None = None  # reason, when in maintenance
+
+    @property
+    def health(self) -> Health:
+        """Worst of the checks; an instance without checks is passing."""
+        worst = Health.PASSING
+        for status in self.checks:
+            if status.state.rank > worst.rank:
+                worst = status.state
+        return worst
+
+    @property
+    def served(self) -> bool:
+        """Healthy enough for DNS and not in maintenance (lease liveness is the registry's)."""
+        return self.maintenance is None and self.health.served
+
+    def with_changes(self, **changes: Any) -> Instance:
+        return replace(self, **changes)
+
+    def to_json(self) -> dict[str, Any]:
+        out = self.reg.to_json()
+        out.update(
+            {
+                "health": self.health.value,
+                "served": self.served,
+                "lease_deadline": self.deadline,
+                "registered_at": self.registered_at,
+                "revision": self.revision,
+                "maintenance": (
+                    {"enabled": True, "reason": self.maintenance}
+                    if self.maintenance is not None
+                    else {"enabled": False}
+                ),
+                "check_status": [s.to_json() for s in self.checks],
+            }
+        )
+        return out

@@ -1,0 +1,43 @@
+"""Where registrations are kept. The backend is chosen here, and only here.
+
+Backends are imported lazily (as dnspython's ``asyncbackend`` does), so the
+etcd client code is loaded only when an ``etcd://`` URL asks for it.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from dnsreg.errors import ConfigError
+from dnsreg.registry import Registry
+from dnsreg.store.base import Store
+
+_BACKENDS = {
+    "sqlite": "dnsreg.store.sqlite",
+    "etcd": "dnsreg.store.etcd",
+}
+
+
+def open_store(
+    url: str, *, data_dir: Path, registry: Registry, clock: Callable[[], float]
+) -> Store:
+    """Build the store named by ``url`` (``sqlite``, ``sqlite:///path``, ``etcd://...``)."""
+    scheme = urlsplit(url).scheme or url
+    module_name = _BACKENDS.get(scheme)
+    if module_name is None:
+        raise ConfigError(
+            f"unknown store {url!r}: use 'sqlite', 'sqlite:///path/to/file' "
+            "or 'etcd://host:port[,host:port...]/prefix'"
+        )
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        raise ConfigError(f"store {scheme!r} is not available in this build: {exc}") from exc
+    factory: Callable[..., Store] = module.create
+    return factory(url, data_dir=data_dir, registry=registry, clock=clock)
+
+
+__all__ = ["Store", "open_store"]

@@ -1,0 +1,101 @@
+"""The store interface: every change to the registry flows through a store.
+
+A store owns durability and leases. Writes go through it; it applies each
+change to the in-memory :class:`~dnsreg.registry.Registry` (the view DNS
+answers from) and returns only once the change is durable. A distributed
+store applies changes it learns from its backend's change stream the same
+way, so DNS never reads the backend per query.
+"""
+
+from __future__ import annotations
+
+import abc
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from dnsreg.model import CheckStatus, Instance, Registration
+from dnsreg.registry import Change, Registry
+
+log = logging.getLogger("dnsreg.store")
+
+Listener = Callable[[Change], None]
+
+
+class Store(abc.ABC):
+    """Durable home of the registry's state."""
+
+    #: Short name for logs and /v1/status.
+    kind: str = "?"
+
+    def __init__(self, registry: Registry, clock: Callable[[], float]) -> None:
+        self.registry = registry
+        self.clock = clock
+        self._listeners: list[Listener] = []
+
+    # -------------------------------------------------------- change fan-out
+    def subscribe(self, listener: Listener) -> None:
+        """Call ``listener`` with every change, right after the registry has it."""
+        self._listeners.append(listener)
+
+    def _publish(self, change: Change) -> None:
+        for listener in self._listeners:
+            try:
+                listener(change)
+            except Exception:  # a broken listener must not lose the change for the others
+                log.exception("change listener failed on revision %d", change.revision)
+
+    # -------------------------------------------------------------- lifecycle
+    @abc.abstractmethod
+    async def start(self) -> None:
+        """Load the stored state into the registry and start background work."""
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Stop background work and flush every acknowledged write."""
+
+    # ----------------------------------------------------------------- writes
+    @abc.abstractmethod
+    async def register(self, reg: Registration) -> Change: ...
+
+    @abc.abstractmethod
+    async def heartbeat(self, service: str, instance_id: str) -> Instance: ...
+
+    @abc.abstractmethod
+    async def deregister(self, service: str, instance_id: str) -> Change: ...
+
+    @abc.abstractmethod
+    async def set_maintenance(
+        self, service: str, instance_id: str, reason: str | None
+    ) -> Change | None: ...
+
+    @abc.abstractmethod
+    async def record_check(
+        self, service: str, instance_id: str, index: int, status: CheckStatus
+    ) -> Change | None: ...
+
+    # ----------------------------------------------------------------- status
+    def describe(self) -> dict[str, Any]:
+        return {"kind": self.kind}
+
+
+def instance_to_row(instance: Instance) -> dict[str, Any]:
+    """What survives a restart: everything but the lease deadline (renewed on load)."""
+    return {
+        "reg": instance.reg.to_json(),
+        "registered_at": instance.registered_at,
+        "revision": instance.revision,
+        "maintenance": instance.maintenance,
+        "checks": [c.to_json() for c in instance.checks],
+    }
+
+
+def instance_from_row(row: dict[str, Any]) -> Instance:
+    return Instance(
+        reg=Registration.from_json(row["reg"]),
+        deadline=None,
+        registered_at=row["registered_at"],
+        revision=row["revision"],
+        maintenance=row.get("maintenance"),
+        checks=tuple(CheckStatus.from_json(c) for c in row.get("checks", [])),
+    )
