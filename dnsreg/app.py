@@ -80,9 +80,11 @@ class Server:
                 max_body_bytes=cfg.max_body_bytes,
                 describe=self.describe,
             )
-            self.http_runner = web.AppRunner(api.app, access_log=None, handle_signals=False)
+            self.http_runner = web.AppRunner(
+                api.app, access_log=None, handle_signals=False, shutdown_timeout=2
+            )
             await self.http_runner.setup()
-            site = web.TCPSite(self.http_runner, cfg.http.host, cfg.http.port, shutdown_timeout=2)
+            site = web.TCPSite(self.http_runner, cfg.http.host, cfg.http.port)
             await site.start()
             self.http_port = int(self.http_runner.addresses[0][1])
         except BaseException:

@@ -1,0 +1,183 @@
+"""Shared fixtures: a real server on 127.0.0.1 port 0, clients, a fake clock."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import dns.asyncquery
+import dns.message
+import dns.rdatatype
+import pytest
+
+from dnsreg.app import Server
+from dnsreg.config import Config, HostPort
+
+
+class FakeClock:
+    """Wall-clock stand-in that only moves when a test says so."""
+
+    def __init__(self, start: float = 1_000_000.0) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+def make_config(tmp_path: Path, **overrides: Any) -> Config:
+    zones = tmp_path / "zones"
+    zones.mkdir(exist_ok=True)
+    values: dict[str, Any] = {
+        "dns": HostPort("127.0.0.1", 0),
+        "http": HostPort("127.0.0.1", 0),
+        "zones": zones,
+        "data_dir": tmp_path / "data",
+    }
+    values.update(overrides)
+    return Config(**values)
+
+
+@dataclass
+class Running:
+    """A started in-process server with clients bound to it."""
+
+    server: Server
+    http: aiohttp.ClientSession
+    base: str
+    dns_port: int
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    async def query(
+        self, name: str, rdtype: str = "A", *, tcp: bool = False, **make: Any
+    ) -> dns.message.Message:
+        q = dns.message.make_query(name, dns.rdatatype.from_text(rdtype), **make)
+        if tcp:
+            return await dns.asyncquery.tcp(q, "127.0.0.1", port=self.dns_port, timeout=3)
+        return await dns.asyncquery.udp(q, "127.0.0.1", port=self.dns_port, timeout=3)
+
+    async def register(self, service: str, instance: str, **body: Any) -> dict[str, Any]:
+        body.setdefault("address", "10.0.0.5")
+        body.setdefault("port", 8080)
+        url = f"{self.base}/v1/services/{service}/instances/{instance}"
+        async with self.http.put(url, json=body) as resp:
+            payload: dict[str, Any] = await resp.json()
+            assert resp.status in (200, 201), payload
+            return payload
+
+
+async def start_server(config: Config, **kwargs: Any) -> Server:
+    server = Server(config, **kwargs)
+    await server.start()
+    return server
+
+
+@pytest.fixture
+async def running(tmp_path: Path) -> AsyncIterator[Running]:
+    server = await start_server(make_config(tmp_path))
+    async with aiohttp.ClientSession() as http:
+        yield Running(server, http, f"http://127.0.0.1:{server.http_port}", server.dns_port)
+    await server.stop()
+
+
+# --------------------------------------------------------------------------------------
+# A server in its own process: for SIGKILL, SIGHUP and SIGTERM, and the real entry point.
+
+_LISTEN = re.compile(r"DNS on [^ ]+:(\d+) \(udp\+tcp\), HTTP on http://[^ ]+:(\d+)")
+
+
+@dataclass
+class Process:
+    proc: subprocess.Popen[str]
+    dns_port: int
+    http_port: int
+    log: Path
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    def signal(self, sig: signal.Signals) -> None:
+        self.proc.send_signal(sig)
+
+    def log_text(self) -> str:
+        return self.log.read_text()
+
+
+def spawn_server(workdir: Path, *args: str, timeout: float = 15.0) -> Process:
+    """Run ``python -m dnsreg serve`` in ``workdir`` on free ports; wait for its listen line."""
+    log = workdir / f"server-{time.monotonic_ns()}.log"
+    out = log.open("w")
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dnsreg", "serve", "--dns", "127.0.0.1:0", "--http",
+         "127.0.0.1:0", *args],
+        cwd=workdir, stdout=out, stderr=subprocess.STDOUT, text=True, env=env,
+    )  # fmt: skip
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        match = _LISTEN.search(log.read_text())
+        if match:
+            return Process(proc, int(match.group(1)), int(match.group(2)), log)
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}:\n{log.read_text()}")
+        time.sleep(0.02)
+    proc.kill()
+    raise RuntimeError(f"server did not start:\n{log.read_text()}")
+
+
+@pytest.fixture
+def spawn(tmp_path: Path) -> Iterator[Any]:
+    procs: list[Process] = []
+
+    def _spawn(*args: str, workdir: Path | None = None) -> Process:
+        wd = workdir or tmp_path
+        (wd / "zones").mkdir(exist_ok=True)
+        p = spawn_server(wd, *args)
+        procs.append(p)
+        return p
+
+    yield _spawn
+    for p in procs:
+        if p.proc.poll() is None:
+            p.proc.kill()
+        p.proc.wait(timeout=10)
+
+
+def wait_until(predicate: Any, timeout: float = 5.0, interval: float = 0.01) -> None:
+    """Poll a condition that has no event to wait on (another process's state)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(interval)
+    raise AssertionError("condition not met in time")
+
+
+async def async_wait_until(predicate: Any, timeout: float = 5.0, interval: float = 0.01) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = predicate()
+        if asyncio.iscoroutine(result):
+            result = await result
+        if result:
+            return
+        await asyncio.sleep(interval)
+    raise AssertionError("condition not met in time")
