@@ -38,10 +38,18 @@ class _LiveCollector(Collector):
         queries = CounterMetricFamily(
             "dnsreg_dns_responses", "DNS responses sent, by rcode", labels=["rcode"]
         )
-        for code, count in sorted(responder.rcodes.items()):
+        for code, count in sorted(responder.counts().items()):
             name = Rcode(code).name if code in Rcode._value2member_map_ else str(code)
             queries.add_metric([name], count)
         yield queries
+        yield CounterMetricFamily(
+            "dnsreg_dns_cache_misses", "Cacheable queries answered by the builder",
+            value=responder.cache.misses,
+        )  # fmt: skip
+        yield GaugeMetricFamily(
+            "dnsreg_dns_cache_entries", "Replies held in the answer cache",
+            value=len(responder.cache.entries),
+        )  # fmt: skip
         yield CounterMetricFamily(
             "dnsreg_dns_malformed", "Packets that did not parse as a query",
             value=responder.malformed,

@@ -1,7 +1,9 @@
 """From query bytes to reply bytes: decode, build the answer, encode. No sockets.
 
 The UDP and TCP servers hand every packet to :meth:`Responder.respond` and
-send back whatever it returns (``None``: send nothing).
+send back whatever it returns (``None``: send nothing). Replies to plain
+queries are cached as wire bytes (``answer_cache``); a miss goes through the
+pure answer builder and fills the cache.
 """
 
 from __future__ import annotations
@@ -9,10 +11,13 @@ from __future__ import annotations
 import random
 from collections import Counter
 
-from dnsreg.answers import Question, Settings, answer
+from dnsreg.answer_cache import VARIANTS, AnswerCache, Entry, cache_key, scope_stamp
+from dnsreg.answers import Question, Reply, Scope, Settings, answer
 from dnsreg.registry import Registry
 from dnsreg.wire import Malformed, decode_query, encode_reply, size_limit
 from dnsreg.zones import StaticZones
+
+EDE_STALE_ANSWER = 3  # RFC 8914 §4.4
 
 
 class Responder:
@@ -22,17 +27,57 @@ class Responder:
         static: StaticZones,
         settings: Settings,
         rng: random.Random | None = None,
+        *,
+        cache_entries: int | None = None,
     ) -> None:
         self.registry = registry
-        self.static = static
+        self._static = static
+        self.static_generation = 0
         self.settings = settings
         self.rng = rng or random.Random()
+        self.cache = AnswerCache(cache_entries) if cache_entries else AnswerCache()
+        # Set by a store that lost contact with its backend: replies then say
+        # they may be stale (RFC 8914 "Stale Answer"). Part of every cache entry.
+        self.stale = False
         # Plain counters: a prometheus Counter per query would cost more than the answer.
         self.rcodes: Counter[int] = Counter()
         self.dropped = 0
         self.malformed = 0
 
+    @property
+    def static(self) -> StaticZones:
+        return self._static
+
+    @static.setter
+    def static(self, zones: StaticZones) -> None:
+        """New zone files: every cached reply may be affected."""
+        self._static = zones
+        self.static_generation += 1
+        self.cache.clear()
+
     def respond(self, data: bytes, *, tcp: bool) -> bytes | None:
+        found = cache_key(data, tcp)
+        entry: Entry | None = None
+        if found is not None:
+            entry = self.cache.entries.get(found[0])
+            if entry is not None:
+                scope = entry.scope
+                registry = self.registry
+                if scope == Scope.GLOBAL:
+                    current = registry.revision
+                elif scope == Scope.STATIC:
+                    current = self.static_generation
+                else:
+                    current = registry.service_revision(scope)
+                if entry.stamp != current or entry.stale_marked is not self.stale:
+                    entry = None
+                elif not entry.shuffled or len(entry.variants) >= VARIANTS:
+                    # Hot path: the client's id and question spliced into a stored reply.
+                    entry.hits += 1
+                    head, tail = entry.variants[entry.turn % len(entry.variants)]
+                    entry.turn += 1
+                    return data[:2] + head + data[12 : found[1]] + tail
+            self.cache.misses += 1
         try:
             query = decode_query(data)
         except Malformed as bad:
@@ -45,10 +90,46 @@ class Responder:
         reply = answer(
             Question(query.qname, query.qtype, query.qclass, tcp),
             self.registry,
-            self.static,
+            self._static,
             self.settings,
             self.rng,
         )
+        if self.stale:
+            reply = _mark_stale(reply)
         wire = encode_reply(query, reply, size_limit(query, tcp))
-        self.rcodes[wire[3] & 0xF] += 1
+        rcode = wire[3] & 0xF
+        self.rcodes[rcode] += 1
+        if found is not None and found[1] == 12 + len(query.question):
+            template = (wire[2:12], wire[found[1] :])
+            if entry is not None:
+                entry.variants.append(template)  # one more shuffled order
+            else:
+                self.cache.store(
+                    found[0],
+                    Entry(
+                        scope=reply.scope,
+                        stamp=self._stamp(reply.scope),
+                        stale_marked=self.stale,
+                        rcode=rcode,
+                        variants=[template],
+                        shuffled=reply.scope not in (Scope.GLOBAL, Scope.STATIC)
+                        and len(reply.answer) > 1,
+                    ),
+                )
         return wire
+
+    def _stamp(self, scope: str) -> int:
+        registry = self.registry
+        return scope_stamp(
+            scope, registry.revision, registry.service_revision(scope), self.static_generation
+        )
+
+    def counts(self) -> dict[int, int]:
+        """Responses sent by rcode, cache hits included (for metrics)."""
+        return dict(self.rcodes + self.cache.hits_by_rcode())
+
+
+def _mark_stale(reply: Reply) -> Reply:
+    from dataclasses import replace
+
+    return replace(reply, ede=(*reply.ede, (EDE_STALE_ANSWER, "registry backend unreachable")))
