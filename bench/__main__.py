@@ -1,0 +1,267 @@
+"""``make bench``: dnsreg side by side with dnsmasq and NSD, reported as ratios.
+
+Scenarios (issue 5): P1 cached UDP with and without EDNS, P2 the same under
+registration churn every 10 ms, P3 TCP, P4 a registry of 100 000 instances
+(registration and heartbeat rates, RSS, P1 again), P5 propagation delays.
+Rounds are interleaved (dnsreg, dnsmasq, NSD, repeat) so drift on the machine
+hits all three alike. The server runs on core 0 and dnsperf on core 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from bench import dnsperf, httpload
+from bench.servers import ZONE, Dnsmasq, Dnsreg, Instance, Nsd, Server, dataset, rss_mb
+
+TOOLS = {"dnsperf": "dnsperf", "dnsmasq": "dnsmasq", "nsd": "nsd"}
+
+
+def ensure_tools() -> None:
+    """Find dnsperf, dnsmasq and nsd; install the Debian packages that are missing."""
+    missing = [pkg for tool, pkg in TOOLS.items() if shutil.which(tool) is None]
+    if not missing:
+        return
+    print(f"installing {' '.join(missing)} (Debian packages)", file=sys.stderr)
+    sudo = [] if _is_root() else ["sudo"]
+    subprocess.run([*sudo, "apt-get", "update", "-q"], check=True)
+    subprocess.run(
+        [*sudo, "env", "DEBIAN_FRONTEND=noninteractive", "apt-get", "install", "-y",
+         "--no-install-recommends", *missing],
+        check=True,
+    )  # fmt: skip
+
+
+def _is_root() -> bool:
+    import os
+
+    return os.geteuid() == 0
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+def pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace, work: Path) -> None:
+        self.args = args
+        self.work = work
+        self.seconds = 1.0 if args.quick else args.seconds
+        self.rounds = 1 if args.quick else args.rounds
+        self.instances = dataset(10, 3)
+        names = []
+        for s in range(10):
+            names.append((f"svc{s}.{ZONE}", "SRV"))
+            names.append((f"svc{s}.{ZONE}", "A"))
+        self.queries = dnsperf.write_queries(work / "queries.txt", names)
+        # rows: (scenario, server) -> list of (qps, cpu_us)
+        self.samples: dict[tuple[str, str], list[dnsperf.Result]] = {}
+        self.extra: dict[str, str] = {}
+
+    def record(self, scenario: str, server: str, result: dnsperf.Result) -> None:
+        self.samples.setdefault((scenario, server), []).append(result)
+
+    # ------------------------------------------------------------------ P1-P3
+    def query_rounds(self) -> None:
+        servers: list[Server] = [Dnsreg(), Dnsmasq(), Nsd()]
+        for n, server in enumerate(servers):
+            server.start(self.work / f"{server.name}-{n}", self.instances, core=0)
+        try:
+            for _ in range(self.rounds):
+                for server in servers:
+                    self.record(
+                        "P1 udp", server.name, dnsperf.run(server, self.queries, self.seconds)
+                    )
+                    self.record(
+                        "P1 udp+edns", server.name,
+                        dnsperf.run(server, self.queries, self.seconds, edns=True),
+                    )  # fmt: skip
+                    if isinstance(server, Dnsreg):
+                        self.record("P2 udp+churn", server.name, self._churn(server))
+                    self.record(
+                        "P3 tcp",
+                        server.name,
+                        dnsperf.run(server, self.queries, self.seconds, tcp=True),
+                    )
+        finally:
+            for server in servers:
+                server.stop()
+
+    def _churn(self, server: Dnsreg) -> dnsperf.Result:
+        """P2: dnsperf while a registration changes every 10 ms (each invalidates a service)."""
+        stop = threading.Event()
+        changes = [0]
+
+        def churn() -> None:
+            n = 0
+            while not stop.is_set():
+                s = n % 10
+                server.register(Instance(f"svc{s}", "churn", f"10.200.0.{n % 250 + 1}", 9000), 0)
+                changes[0] += 1
+                n += 1
+                stop.wait(0.01)
+
+        thread = threading.Thread(target=churn, daemon=True)
+        thread.start()
+        try:
+            return dnsperf.run(server, self.queries, self.seconds)
+        finally:
+            stop.set()
+            thread.join()
+            self.extra["P2 changes/s"] = f"{changes[0] / self.seconds:.0f}"
+
+    # --------------------------------------------------------------------- P4
+    def scale(self) -> None:
+        services, per = (200, 5) if self.args.quick else (10_000, 10)
+        server = Dnsreg()
+        server.start(self.work / "dnsreg-scale", [], core=0)
+        try:
+            regs = [
+                httpload.register_request(i.service, i.id, i.address, i.port, ttl=600)
+                for i in dataset(services, per)
+            ]
+            result = asyncio.run(httpload.run(server.http_port, regs, connections=16))
+            self.extra["P4 instances"] = f"{len(regs)} in {services} services"
+            self.extra["P4 registrations/s"] = f"{result.rate:.0f} ({result.errors} errors)"
+            beats = [httpload.heartbeat_request(i.service, i.id) for i in dataset(services, per)]
+            result = asyncio.run(httpload.run(server.http_port, beats, connections=16))
+            self.extra["P4 heartbeats/s"] = f"{result.rate:.0f} ({result.errors} errors)"
+            self.extra["P4 server RSS"] = f"{rss_mb(server.pid):.0f} MB"
+            names = []
+            for s in range(0, services, max(1, services // 1000)):
+                names += [(f"svc{s}.{ZONE}", "SRV"), (f"svc{s}.{ZONE}", "A")]
+            big = dnsperf.write_queries(self.work / "queries-big.txt", names)
+            for _ in range(self.rounds):
+                self.record("P4 udp @scale", "dnsreg", dnsperf.run(server, big, self.seconds))
+        finally:
+            server.stop()
+
+    # --------------------------------------------------------------------- P5
+    def propagation(self) -> None:
+        import dns.message
+        import dns.query
+
+        samples = 20 if self.args.quick else 200
+        server = Dnsreg()
+        server.start(self.work / "dnsreg-prop", [], core=0)
+
+        def present(service: str) -> bool:
+            q = dns.message.make_query(f"{service}.{ZONE}", "A")
+            return bool(dns.query.udp(q, "127.0.0.1", port=server.port, timeout=1).answer)
+
+        try:
+            visible: list[float] = []
+            for k in range(samples):
+                inst = Instance(f"prop{k}", "p", f"10.201.{k // 250}.{k % 250 + 1}", 80)
+                server.register(inst, ttl=0)
+                acked = time.perf_counter()
+                while not present(inst.service):
+                    pass
+                visible.append((time.perf_counter() - acked) * 1000)
+            gone: list[float] = []
+            pending: dict[str, float] = {}
+            for k in range(samples):
+                inst = Instance(f"exp{k}", "e", f"10.202.{k // 250}.{k % 250 + 1}", 80)
+                reply = server.register(inst, ttl=1)
+                pending[inst.service] = float(reply["lease_deadline"])  # type: ignore[arg-type]
+            while pending:
+                for service, deadline in list(pending.items()):
+                    if not present(service):
+                        gone.append((time.time() - deadline) * 1000)
+                        del pending[service]
+            self.extra["P5 ack→visible p50/p99"] = (
+                f"{pct(visible, 0.5):.2f} / {pct(visible, 0.99):.2f} ms"
+            )
+            self.extra["P5 deadline→gone p50/p99"] = (
+                f"{pct(gone, 0.5):.1f} / {pct(gone, 0.99):.1f} ms"
+            )
+        finally:
+            server.stop()
+
+    # ------------------------------------------------------------------ report
+    def table(self) -> str:
+        rows = [
+            "| scenario | server | queries/s | CPU µs/query | qps vs dnsmasq | qps vs NSD "
+            "| CPU vs dnsmasq | CPU vs NSD |",
+            "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+        ]
+        scenarios = list(dict.fromkeys(s for s, _ in self.samples))
+
+        def stat(scenario: str, server: str) -> tuple[float, float]:
+            results = self.samples.get((scenario, server), [])
+            return median([r.qps for r in results]), median([r.cpu_us_per_query for r in results])
+
+        for scenario in scenarios:
+            base = scenario if (scenario, "dnsmasq") in self.samples else "P1 udp"
+            mq, mc = stat(base, "dnsmasq")
+            nq, nc = stat(base, "nsd")
+            for server in ("dnsreg", "dnsmasq", "nsd"):
+                if (scenario, server) not in self.samples:
+                    continue
+                q, c = stat(scenario, server)
+                rows.append(
+                    f"| {scenario} | {server} | {q:,.0f} | {c:.1f} | {q / mq:.2f}× | {q / nq:.2f}× "
+                    f"| {c / mc:.2f}× | {c / nc:.2f}× |"
+                )
+        lines = ["\n".join(rows), ""]
+        for key, value in self.extra.items():
+            lines.append(f"- {key}: {value}")
+        return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument(
+        "--quick", action="store_true", help="a second per scenario (harness check)"
+    )
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--only", default="P1,P4,P5", help="P1 (covers P1-P3), P4, P5")
+    parser.add_argument("--json", type=Path, help="also write the raw samples here")
+    args = parser.parse_args()
+    ensure_tools()
+    only = {s.strip().upper() for s in args.only.split(",")}
+    with tempfile.TemporaryDirectory(prefix="dnsreg-bench-") as tmp:
+        bench = Bench(args, Path(tmp))
+        if "P1" in only:
+            bench.query_rounds()
+        if "P4" in only:
+            bench.scale()
+        if "P5" in only:
+            bench.propagation()
+        print(bench.table())
+        if args.json:
+            args.json.write_text(
+                json.dumps(
+                    {
+                        "samples": {
+                            f"{s}/{v}": [r.__dict__ for r in rs]
+                            for (s, v), rs in bench.samples.items()
+                        },
+                        "extra": bench.extra,
+                    },
+                    indent=2,
+                )
+            )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
