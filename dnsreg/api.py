@@ -20,6 +20,7 @@ from dnsreg.errors import (
     Unavailable,
     UnsupportedMediaType,
 )
+from dnsreg.events import EventHub
 from dnsreg.metrics import Metrics
 from dnsreg.model import Instance
 from dnsreg.names import check_label
@@ -87,13 +88,25 @@ class Api:
         *,
         max_body_bytes: int,
         describe: Callable[[], dict[str, Any]],
+        events_buffer: int = 10_000,
+        events_keepalive: float = 15.0,
     ) -> None:
         self.registry = registry
         self.store = store
         self.metrics = metrics
         self.describe = describe
         self.started = time.time()
-        self.app = web.Application(client_max_size=max_body_bytes, middlewares=[errors_middleware])
+        # Change notification (SPEC §5): the hub hears every change the store applies.
+        self.events = EventHub(
+            registry.revision, capacity=events_buffer, keepalive=events_keepalive
+        )
+        store.subscribe(self.events.on_change)
+        self.app = web.Application(
+            client_max_size=max_body_bytes,
+            middlewares=[errors_middleware, self.events.blocking_middleware],
+        )
+        # Open streams and blocked reads end first on shutdown, so stopping never hangs.
+        self.app.on_shutdown.append(self.events.close)
         r = self.app.router
         base = "/v1/services/{service}/instances/{id}"
         r.add_put(base, self.register)
@@ -104,6 +117,7 @@ class Api:
         r.add_get("/v1/services/{service}", self.show_service)
         r.add_get("/v1/services/{service}/instances/{id}", self.show_instance)
         r.add_get("/v1/status", self.status)
+        r.add_get("/v1/events", self.events.stream, allow_head=False)
         r.add_get("/metrics", self.prometheus)
 
     # ---------------------------------------------------------------- helpers

@@ -40,6 +40,7 @@ class Server:
         self.responder: Responder | None = None
         self.dns: DnsServer | None = None
         self.http_runner: web.AppRunner | None = None
+        self.api: Api | None = None
         self.dns_port = 0
         self.http_port = 0
         self._stopped = asyncio.Event()
@@ -79,7 +80,10 @@ class Server:
                 metrics,
                 max_body_bytes=cfg.max_body_bytes,
                 describe=self.describe,
+                events_buffer=cfg.events_buffer,
+                events_keepalive=cfg.events_keepalive,
             )
+            self.api = api
             self.http_runner = web.AppRunner(
                 api.app, access_log=None, handle_signals=False, shutdown_timeout=2
             )

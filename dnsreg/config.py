@@ -46,6 +46,8 @@ class Config:
     max_body_bytes: int = 64 * 1024
     tcp_idle_timeout: float = 10.0
     tcp_max_connections: int = 512
+    events_buffer: int = 10_000  # changes remembered for /v1/events?since= resumption
+    events_keepalive: float = 15.0  # seconds between comment lines on an idle event stream
     log_level: str = "info"
 
     @property
@@ -83,6 +85,11 @@ def _coerce(name: str, value: Any) -> Any:
             if isinstance(value, str):
                 return tuple(v.strip() for v in value.split(",") if v.strip())
             return tuple(str(v) for v in value)
+        if name in ("events_buffer", "events_keepalive"):
+            number = int(value) if name == "events_buffer" else float(value)
+            if not number > 0:
+                raise ConfigError(f"{name}: must be above 0")
+            return number
         if name in ("negative_ttl", "max_body_bytes", "tcp_max_connections"):
             return int(value)
         if name == "max_answers":
