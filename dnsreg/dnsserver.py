@@ -14,6 +14,8 @@ import socket
 from collections.abc import Callable
 from typing import cast
 
+from dnsreg import mmsg
+
 log = logging.getLogger("dnsreg.dns")
 
 Handler = Callable[..., bytes | None]  # (data, *, tcp) -> reply or None
@@ -30,6 +32,7 @@ class UdpListener:
     def __init__(self, handler: Handler) -> None:
         self.handler = handler
         self.sock: socket.socket | None = None
+        self._batch: mmsg.BatchIO | None = None
 
     def bind(self, host: str, port: int) -> int:
         sock = socket.socket(_family(host), socket.SOCK_DGRAM)
@@ -42,7 +45,19 @@ class UdpListener:
 
     def start(self) -> None:
         assert self.sock is not None
-        asyncio.get_running_loop().add_reader(self.sock.fileno(), self._readable)
+        callback = self._readable
+        if mmsg.available():
+            self._batch = mmsg.BatchIO(self.sock, UDP_DRAIN)
+            callback = self._readable_batched
+        asyncio.get_running_loop().add_reader(self.sock.fileno(), callback)
+
+    def _readable_batched(self) -> None:
+        # Keep draining while full batches arrive, then yield to other work.
+        batch = self._batch
+        assert batch is not None
+        for _ in range(4):
+            if batch.pump(self.handler) < UDP_DRAIN:
+                return
 
     def _readable(self) -> None:
         sock = self.sock
