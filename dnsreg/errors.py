@@ -50,3 +50,11 @@ class ZoneError(DnsregError):
 
 class ConfigError(DnsregError):
     """The server configuration is invalid."""
+
+
+class Unreachable(DnsregError):
+    """The client could not reach the server (refused, reset, timed out)."""
+
+
+class ServerError(DnsregError):
+    """The server answered with an error status the client has no better name for."""
