@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import re
 from typing import Any, Literal
 
 import msgspec
@@ -60,12 +61,25 @@ def decode_body(raw: bytes, kind: type[msgspec.Struct]) -> Any:
         return msgspec.json.decode(raw, type=kind)
     except msgspec.ValidationError as exc:
         text = str(exc)
-        field = text.rsplit("at `$.", 1)[1].rstrip("`") if "at `$." in text else None
-        if field is None and "`" in text and "unknown field" in text:
-            field = text.split("`")[1]
-        raise InvalidInput(text, field=field) from exc
+        raise InvalidInput(text, field=_field_of(text)) from exc
     except msgspec.DecodeError as exc:
         raise InvalidInput(f"the request body is not valid JSON: {exc}") from exc
+
+
+# msgspec says where ("... - at `$.checks[0]`") and, for unknown or missing
+# fields, which one ("Object contains unknown field `bogus`"): join the two.
+_AT = re.compile(r" - at `\$\.?([^`]*)`$")
+_NAMED = re.compile(r"(?:unknown|missing required) field `([^`]*)`")
+
+
+def _field_of(message: str) -> str | None:
+    """The dotted path of the offending field, e.g. ``checks[0].bogus``."""
+    at = _AT.search(message)
+    path = at.group(1).replace("[...]", "") if at else ""
+    named = _NAMED.search(message)
+    if named:
+        path = f"{path}.{named.group(1)}" if path else named.group(1)
+    return path or None
 
 
 def _range(value: int, low: int, high: int, field: str) -> int:
