@@ -108,14 +108,16 @@ class Api:
         # Open streams and blocked reads end first on shutdown, so stopping never hangs.
         self.app.on_shutdown.append(self.events.close)
         r = self.app.router
-        base = "/v1/services/{service}/instances/{id}"
+        # Empty segments match too, so "/v1/services//instances/x" is a 400 naming the
+        # field (check_label), not a bare 404 from the router.
+        base = "/v1/services/{service:[^{}/]*}/instances/{id:[^{}/]*}"
         r.add_put(base, self.register)
         r.add_delete(base, self.deregister)
         r.add_put(base + "/heartbeat", self.heartbeat)
         r.add_put(base + "/maintenance", self.maintenance)
         r.add_get("/v1/services", self.list_services)
         r.add_get("/v1/services/{service}", self.show_service)
-        r.add_get("/v1/services/{service}/instances/{id}", self.show_instance)
+        r.add_get(base, self.show_instance)
         r.add_get("/v1/status", self.status)
         r.add_get("/v1/events", self.events.stream, allow_head=False)
         r.add_get("/metrics", self.prometheus)
