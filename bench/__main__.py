@@ -137,11 +137,11 @@ class Bench:
                 httpload.register_request(i.service, i.id, i.address, i.port, ttl=600)
                 for i in dataset(services, per)
             ]
-            result = asyncio.run(httpload.run(server.http_port, regs, connections=16))
+            result = asyncio.run(httpload.run(server.http_port, regs, self.args.http_clients))
             self.extra["P4 instances"] = f"{len(regs)} in {services} services"
             self.extra["P4 registrations/s"] = f"{result.rate:.0f} ({result.errors} errors)"
             beats = [httpload.heartbeat_request(i.service, i.id) for i in dataset(services, per)]
-            result = asyncio.run(httpload.run(server.http_port, beats, connections=16))
+            result = asyncio.run(httpload.run(server.http_port, beats, self.args.http_clients))
             self.extra["P4 heartbeats/s"] = f"{result.rate:.0f} ({result.errors} errors)"
             self.extra["P4 server RSS"] = f"{rss_mb(server.pid):.0f} MB"
             names = []
@@ -234,6 +234,9 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--only", default="P1,P4,P5", help="P1 (covers P1-P3), P4, P5")
+    parser.add_argument(
+        "--http-clients", type=int, default=64, help="keep-alive connections for P4 (64)"
+    )
     parser.add_argument("--json", type=Path, help="also write the raw samples here")
     args = parser.parse_args()
     ensure_tools()

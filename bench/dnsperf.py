@@ -31,14 +31,20 @@ def run(
     edns: bool = False,
     tcp: bool = False,
     core: int | None = 1,
+    warmup: bool = True,
 ) -> Result:
     # -c 4 -q 100: more outstanding queries overflowed dnsperf's receive buffer (issue 5 facts).
-    cmd = ["dnsperf", "-s", "127.0.0.1", "-p", str(server.port), "-d", str(queries),
-           "-l", str(seconds), "-c", "4", "-q", "100", "-t", "1"]  # fmt: skip
+    base = ["dnsperf", "-s", "127.0.0.1", "-p", str(server.port), "-d", str(queries),
+            "-c", "4", "-q", "100", "-t", "1"]  # fmt: skip
     if edns:
-        cmd += ["-e", "-D"]  # EDNS0 with DO, as validating resolvers send it
+        base += ["-e", "-D"]  # EDNS0 with DO, as validating resolvers send it
     if tcp:
-        cmd += ["-m", "tcp"]
+        base += ["-m", "tcp"]
+    if warmup:
+        # Fill the answer cache (every shuffled variant of every name) before measuring:
+        # P1 is the steady state of a resolver fleet, not the first second after a start.
+        subprocess.run(pinned([*base, "-n", "10"], core), capture_output=True, check=True)
+    cmd = [*base, "-l", str(seconds)]
     before = tree_cpu(server)
     out = subprocess.run(pinned(cmd, core), capture_output=True, text=True, check=True).stdout
     used = tree_cpu(server) - before
