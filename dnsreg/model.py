@@ -134,7 +134,13 @@ class Registration:
 
 @dataclass(frozen=True, slots=True)
 class CheckStatus:
-    """The latest known result of one check."""
+    """What is known about one check: its state and its latest result.
+
+    ``state`` is what DNS acts on; ``last_result`` is what the last run found
+    (they differ while ``rise``/``fall`` are still counting). ``consecutive``
+    counts results in a row on the same side (ok or failing) as the last one.
+    A check starts critical and "not run yet" (SPEC §4: served once it passes).
+    """
 
     state: Health = Health.CRITICAL
     output: str = "not run yet"
@@ -142,10 +148,17 @@ class CheckStatus:
     last_run: float | None = None
     last_duration: float | None = None
     critical_since: float | None = None
+    last_result: Health | None = None
+
+    @property
+    def pending(self) -> bool:
+        """Never run: the state is a default, not a finding."""
+        return self.last_run is None
 
     def to_json(self) -> dict[str, Any]:
         return {
             "state": self.state.value,
+            "last_result": self.last_result.value if self.last_result is not None else None,
             "output": self.output,
             "consecutive": self.consecutive,
             "last_run": self.last_run,
@@ -155,6 +168,7 @@ class CheckStatus:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> CheckStatus:
+        last_result = data.get("last_result")
         return cls(
             state=Health(data["state"]),
             output=data["output"],
@@ -162,6 +176,7 @@ class CheckStatus:
             last_run=data.get("last_run"),
             last_duration=data.get("last_duration"),
             critical_since=data.get("critical_since"),
+            last_result=Health(last_result) if last_result is not None else None,
         )
 
 
@@ -190,6 +205,11 @@ class Instance:
         """Healthy enough for DNS and not in maintenance (lease liveness is the registry's)."""
         return self.maintenance is None and self.health.served
 
+    @property
+    def pending(self) -> bool:
+        """Some check has not run yet: its health is a default, not a finding."""
+        return any(status.pending for status in self.checks)
+
     def with_changes(self, **changes: Any) -> Instance:
         return replace(self, **changes)
 
@@ -207,7 +227,10 @@ class Instance:
                     if self.maintenance is not None
                     else {"enabled": False}
                 ),
-                "check_status": [s.to_json() for s in self.checks],
+                "check_status": [
+                    {"kind": check.kind, "target": check.target, **status.to_json()}
+                    for check, status in zip(self.reg.checks, self.checks, strict=False)
+                ],
             }
         )
         return out

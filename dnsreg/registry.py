@@ -120,14 +120,25 @@ class Registry:
         Served = healthy enough and not in maintenance. With a panic threshold,
         when the served share of the whole service falls below it, every live
         instance is served instead (a partial outage must not become a total one).
+
+        The share counts only instances whose health is a finding: one in
+        maintenance was withdrawn on purpose, and one whose checks have not run
+        yet is neither healthy nor failing (SPEC §4: served once its checks
+        pass), so neither tips a service into panic nor is served by it.
         """
         everything = self._services.get(service, {})
         pool = list(everything.values()) if candidates is None else list(candidates)
         healthy = tuple(i for i in pool if i.served)
         if self.panic_threshold is not None and everything:
-            share = sum(1 for i in everything.values() if i.served) / len(everything)
-            if share < self.panic_threshold:
-                return ServedSet(tuple(i for i in pool if i.maintenance is None), True)
+            judged = served = 0
+            for i in everything.values():
+                if i.maintenance is None and not i.pending:
+                    judged += 1
+                    served += i.served
+            if judged and served / judged < self.panic_threshold:
+                return ServedSet(
+                    tuple(i for i in pool if i.maintenance is None and not i.pending), True
+                )
         return ServedSet(healthy, False)
 
     def in_panic(self, service: str) -> bool:
@@ -238,6 +249,30 @@ class Registry:
                 continue
             changes.append(self._remove(service, instance_id, ChangeKind.EXPIRED))
         return changes
+
+    def first_due(self, now: float) -> Instance | None:
+        """An instance whose lease ended at or before ``now``, or None; removes nothing.
+
+        Drops heap entries left behind by heartbeats and removals on the way, so
+        a caller can tell cheaply whether anything is really due.
+        """
+        while self._leases and self._leases[0][0] <= now:
+            _, service, instance_id = self._leases[0]
+            instance = self.get(service, instance_id)
+            if instance is not None and instance.deadline is not None:
+                if instance.deadline <= now:
+                    return instance
+                heapq.heapreplace(self._leases, (instance.deadline, service, instance_id))
+            else:
+                heapq.heappop(self._leases)
+        return None
+
+    def leases(self) -> Iterator[tuple[float, float]]:
+        """(deadline, ttl) of every leased instance."""
+        for instances in self._services.values():
+            for i in instances.values():
+                if i.deadline is not None:
+                    yield i.deadline, i.reg.ttl
 
     def due_for_expiry(self, now: float) -> list[Instance]:
         """Instances whose lease ended at or before ``now`` (without removing them)."""

@@ -344,15 +344,18 @@ def test_panic_serves_everything_live_and_says_so() -> None:
     r = Registry(panic_threshold=0.5)
     probe = Check(kind="tcp", target="127.0.0.1:9")
     for n in range(4):
-        # Three instances carry a check that has not passed yet (critical until it does).
+        # Three instances carry a check that has run and failed.
         checks = (probe,) if n < 3 else ()
         r.register(reg("pay", f"p{n}", f"10.4.0.{n + 1}", checks=checks), 0)
+        if checks:
+            failed = CheckStatus(state=Health.CRITICAL, last_run=0.0, last_result=Health.CRITICAL)
+            r.set_check_status("pay", f"p{n}", 0, failed)
     reply = _ask(r, "pay.service.local", "A")
     assert len(reply.answer) == 4  # 1 of 4 served < 50 %: serve every live one
     assert reply.ede
     assert "pay" in reply.ede[0][1]
     for n in range(3):
-        r.set_check_status("pay", f"p{n}", 0, CheckStatus(state=Health.PASSING))
+        r.set_check_status("pay", f"p{n}", 0, CheckStatus(state=Health.PASSING, last_run=1.0))
     reply = _ask(r, "pay.service.local", "A")
     assert len(reply.answer) == 4
     assert not reply.ede
