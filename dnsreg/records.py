@@ -27,17 +27,23 @@ TYPE_NAMES = {A: "A", NS: "NS", CNAME: "CNAME", SOA: "SOA", PTR: "PTR", HINFO: "
 class Writer:
     """A growing DNS message with a compression table (RFC 1035 §4.1.4)."""
 
-    __slots__ = ("buf", "offsets")
+    __slots__ = ("buf", "offsets", "owner_offsets")
 
     def __init__(self, prefix: bytes = b"") -> None:
         self.buf = bytearray(prefix)
         self.offsets: dict[Name, int] = {}
+        # Suffixes of the client's question, in the client's letter case: owner names
+        # may point there (they then echo its case), RDATA names may not, so the data
+        # a client reads is spelled the same whoever asked.
+        self.owner_offsets: dict[Name, int] = {}
 
-    def name(self, name: Name, *, compress: bool = True) -> None:
+    def name(self, name: Name, *, compress: bool = True, owner: bool = False) -> None:
         for i in range(len(name)):
             suffix = name[i:]
             if compress:
                 pointer = self.offsets.get(suffix)
+                if pointer is None and owner:
+                    pointer = self.owner_offsets.get(suffix)
                 if pointer is not None:
                     self.buf += struct.pack("!H", 0xC000 | pointer)
                     return
@@ -49,7 +55,7 @@ class Writer:
         self.buf.append(0)
 
     def record(self, record: Record) -> None:
-        self.name(record.owner)
+        self.name(record.owner, owner=True)
         self.buf += struct.pack("!HHI", record.rtype, IN, record.ttl)
         at = len(self.buf)
         self.buf += b"\0\0"

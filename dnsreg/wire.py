@@ -158,25 +158,27 @@ def decode_query(data: bytes) -> Query:
     pos += 4
     question = data[HEADER.size : pos]
     formerr = _error_reply(msg_id, flags, Rcode.FORMERR, question)
+    if ancount or nscount:
+        # A standard query carries nothing in these sections (RFC 1035 §4.1; NSD agrees).
+        raise Malformed(formerr, "records in the answer or authority section of a query")
     edns: Edns | None = None
     try:
-        for section, count in enumerate((ancount, nscount, arcount)):
-            for _ in range(count):
-                owner_at = pos
-                pos = _skip_name(data, pos)
-                if pos + 10 > len(data):
-                    raise ValueError("truncated record")
-                rtype, rclass, ttl, rdlen = struct.unpack_from("!HHIH", data, pos)
-                pos += 10
-                if pos + rdlen > len(data):
-                    raise ValueError("record data runs past the end")
-                if rtype == OPT:
-                    # RFC 6891 §6.1.1: one OPT, in the additional section, owned by the root.
-                    if section != 2 or edns is not None or data[owner_at] != 0:
-                        raise ValueError("misplaced or repeated OPT")
-                    _check_options(data[pos : pos + rdlen])
-                    edns = Edns(version=(ttl >> 16) & 0xFF, udp_size=rclass, do=bool(ttl & 0x8000))
-                pos += rdlen
+        for _ in range(arcount):
+            owner_at = pos
+            pos = _skip_name(data, pos)
+            if pos + 10 > len(data):
+                raise ValueError("truncated record")
+            rtype, rclass, ttl, rdlen = struct.unpack_from("!HHIH", data, pos)
+            pos += 10
+            if pos + rdlen > len(data):
+                raise ValueError("record data runs past the end")
+            if rtype == OPT:
+                # RFC 6891 §6.1.1: one OPT, in the additional section, owned by the root.
+                if edns is not None or data[owner_at] != 0:
+                    raise ValueError("misplaced or repeated OPT")
+                _check_options(data[pos : pos + rdlen])
+                edns = Edns(version=(ttl >> 16) & 0xFF, udp_size=rclass, do=bool(ttl & 0x8000))
+            pos += rdlen
         if pos != len(data):
             raise ValueError("trailing bytes after the last record")
     except ValueError as exc:
@@ -225,7 +227,7 @@ def encode_reply(query: Query, reply: Reply, limit: int) -> bytes:
     # Let answers point at the client's question name (RFC 1035 §4.1.4).
     at = HEADER.size
     for i in range(len(query.qname)):
-        w.offsets.setdefault(query.qname[i:], at)
+        w.owner_offsets.setdefault(query.qname[i:], at)
         at += 1 + len(query.qname[i])
     for record in reply.answer:
         w.record(record)
