@@ -53,6 +53,7 @@ class Server:
         self.store = open_store(
             cfg.store, data_dir=cfg.data_dir, registry=self.registry, clock=self.clock
         )
+        self.store.stale_after = cfg.stale_after
         await self.store.start()
         try:
             # 2. Static zones, checked against what the store brought back.
@@ -66,6 +67,9 @@ class Server:
                 max_answers=cfg.max_answers,
             )
             self.responder = Responder(self.registry, self.static, settings)
+            # A shared store cut off from its backend marks answers stale (RFC 8914).
+            self.responder.stale = self.store.stale
+            self.store.subscribe_stale(self._set_stale)
             self.dns = DnsServer(
                 self.responder.respond,
                 idle_timeout=cfg.tcp_idle_timeout,
@@ -117,6 +121,10 @@ class Server:
             await self.store.close()
             self.store = None
         self._stopped.set()
+
+    def _set_stale(self, stale: bool) -> None:
+        if self.responder is not None:
+            self.responder.stale = stale
 
     def describe(self) -> dict[str, Any]:
         return {

@@ -25,6 +25,10 @@ def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     p.add_argument("--advertise", metavar="IP[,IP]", help="addresses of ns.<domain>")
     p.add_argument("--panic-threshold", dest="panic_threshold", metavar="FRACTION")
     p.add_argument("--max-answers", dest="max_answers", type=int, metavar="N")
+    p.add_argument(
+        "--stale-after", dest="stale_after", metavar="DURATION",
+        help="etcd store: mark DNS answers stale after this long without etcd (10s)",
+    )  # fmt: skip
     p.add_argument("--log-level", dest="log_level", choices=["debug", "info", "warning", "error"])
 
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
+from dnsreg.durations import parse_duration
 from dnsreg.errors import ConfigError, InvalidInput
 from dnsreg.names import check_label, parse_name
 
@@ -46,6 +47,7 @@ class Config:
     max_body_bytes: int = 64 * 1024
     tcp_idle_timeout: float = 10.0
     tcp_max_connections: int = 512
+    stale_after: float = 10.0  # etcd store: mark answers stale after this long without contact
     events_buffer: int = 10_000  # changes remembered for /v1/events?since= resumption
     events_keepalive: float = 15.0  # seconds between comment lines on an idle event stream
     log_level: str = "info"
@@ -101,6 +103,8 @@ def _coerce(name: str, value: Any) -> Any:
             if not 0.0 < threshold <= 1.0:
                 raise ConfigError("panic_threshold: must be a fraction in (0, 1]")
             return threshold
+        if name == "stale_after":
+            return parse_duration(value, field="stale_after")
         if name == "tcp_idle_timeout":
             return float(value)
         if name == "domain":

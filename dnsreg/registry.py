@@ -301,21 +301,26 @@ class Registry:
         return self._update(before, ChangeKind.HEALTH, checks=tuple(checks))
 
     def apply(self, change: Change) -> None:
-        """Apply a change made elsewhere (a distributed store's stream) to this mirror."""
-        if change.before is not None or change.after is None:
-            existing = self.get(change.service, change.id)
-            if existing is not None:
-                self._unindex(existing)
-                del self._services[change.service][change.id]
-                if not self._services[change.service]:
-                    del self._services[change.service]
+        """Apply a change made elsewhere (a distributed store's stream) to this mirror.
+
+        The mirror's current copy is what gets replaced, whatever ``change.before``
+        says (the stream is the authority). Leases are the backend's: a mirrored
+        deadline is informational and never enters the expiry heap, which only
+        :meth:`expire_due` drains (a mirror never calls it, so pushes would leak).
+        """
+        existing = self.get(change.service, change.id)
+        if existing is not None:
+            self._unindex(existing)
+            instances = self._services[change.service]
+            del instances[change.id]
+            if not instances:
+                del self._services[change.service]
         if change.after is not None:
-            existing = self.get(change.service, change.id)
-            if existing is not None:
-                self._unindex(existing)
-            self._put(change.after)
+            self._put(change.after, track_lease=False)
         self.revision = max(self.revision, change.revision)
-        self._service_revision[change.service] = change.revision
+        self._service_revision[change.service] = max(
+            self._service_revision.get(change.service, 0), change.revision
+        )
 
     # -------------------------------------------------------------- internals
     def _bump(self, service: str) -> int:
@@ -323,13 +328,13 @@ class Registry:
         self._service_revision[service] = self.revision
         return self.revision
 
-    def _put(self, instance: Instance) -> None:
+    def _put(self, instance: Instance, *, track_lease: bool = True) -> None:
         reg = instance.reg
         self._services.setdefault(reg.service, {})[reg.id] = instance
         tags = self._tags.setdefault(reg.service, {})
         for tag in reg.tags:
             tags.setdefault(tag, set()).add(reg.id)
-        if instance.deadline is not None:
+        if track_lease and instance.deadline is not None:
             heapq.heappush(self._leases, (instance.deadline, reg.service, reg.id))
 
     def _unindex(self, instance: Instance) -> None:

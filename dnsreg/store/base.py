@@ -20,6 +20,7 @@ from dnsreg.registry import Change, Registry
 log = logging.getLogger("dnsreg.store")
 
 Listener = Callable[[Change], None]
+StaleListener = Callable[[bool], None]
 
 
 class Store(abc.ABC):
@@ -27,11 +28,16 @@ class Store(abc.ABC):
 
     #: Short name for logs and /v1/status.
     kind: str = "?"
+    #: Seconds without contact with a remote backend before answers are marked
+    #: stale (config ``stale_after``). An embedded store is never stale.
+    stale_after: float = 10.0
 
     def __init__(self, registry: Registry, clock: Callable[[], float]) -> None:
         self.registry = registry
         self.clock = clock
         self._listeners: list[Listener] = []
+        self._membership_listeners: list[Callable[[], None]] = []
+        self._stale_listeners: list[StaleListener] = []
 
     # -------------------------------------------------------- change fan-out
     def subscribe(self, listener: Listener) -> None:
@@ -44,6 +50,38 @@ class Store(abc.ABC):
                 listener(change)
             except Exception:  # a broken listener must not lose the change for the others
                 log.exception("change listener failed on revision %d", change.revision)
+
+    # ------------------------------------------- shared registries (several nodes)
+    def owns_check(self, service: str, instance_id: str) -> bool:
+        """Whether this node runs the health checks of that instance (a lone node: always)."""
+        return True
+
+    def subscribe_membership(self, listener: Callable[[], None]) -> None:
+        """Call ``listener`` whenever the set of live nodes (so :meth:`owns_check`) may change."""
+        self._membership_listeners.append(listener)
+
+    def _membership_changed(self) -> None:
+        for listener in self._membership_listeners:
+            try:
+                listener()
+            except Exception:
+                log.exception("membership listener failed")
+
+    @property
+    def stale(self) -> bool:
+        """True while the registry may be out of date (backend unreachable for ``stale_after``)."""
+        return False
+
+    def subscribe_stale(self, listener: StaleListener) -> None:
+        """Call ``listener(stale)`` whenever :attr:`stale` flips."""
+        self._stale_listeners.append(listener)
+
+    def _stale_changed(self, stale: bool) -> None:
+        for listener in self._stale_listeners:
+            try:
+                listener(stale)
+            except Exception:
+                log.exception("stale listener failed")
 
     # -------------------------------------------------------------- lifecycle
     @abc.abstractmethod
