@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -124,13 +126,13 @@ class Process:
 def spawn_server(workdir: Path, *args: str, timeout: float = 15.0) -> Process:
     """Run ``python -m dnsreg serve`` in ``workdir`` on free ports; wait for its listen line."""
     log = workdir / f"server-{time.monotonic_ns()}.log"
-    out = log.open("w")
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "dnsreg", "serve", "--dns", "127.0.0.1:0", "--http",
-         "127.0.0.1:0", *args],
-        cwd=workdir, stdout=out, stderr=subprocess.STDOUT, text=True, env=env,
-    )  # fmt: skip
+    with log.open("w") as out:  # the child keeps its own descriptor
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "dnsreg", "serve", "--dns", "127.0.0.1:0", "--http",
+             "127.0.0.1:0", *args],
+            cwd=workdir, stdout=out, stderr=subprocess.STDOUT, text=True, env=env,
+        )  # fmt: skip
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         match = _LISTEN.search(log.read_text())
@@ -171,8 +173,8 @@ def wait_until(predicate: Any, timeout: float = 5.0, interval: float = 0.01) -> 
     raise AssertionError("condition not met in time")
 
 
-async def async_wait_until(predicate: Any, timeout: float = 5.0, interval: float = 0.01) -> None:
-    deadline = time.monotonic() + timeout
+async def async_wait_until(predicate: Any, within: float = 5.0, interval: float = 0.01) -> None:
+    deadline = time.monotonic() + within
     while time.monotonic() < deadline:
         result = predicate()
         if asyncio.iscoroutine(result):
@@ -181,3 +183,59 @@ async def async_wait_until(predicate: Any, timeout: float = 5.0, interval: float
             return
         await asyncio.sleep(interval)
     raise AssertionError("condition not met in time")
+
+
+# --------------------------------------------------------------------------------------
+# Raw DNS exchanges: for tests that must see (or send) exact bytes.
+
+
+async def udp_exchange(port: int, packets: list[bytes], wait: float = 3.0) -> list[bytes]:
+    """Send ``packets`` on one UDP socket, then a sentinel query; return replies before it.
+
+    The server answers datagrams in arrival order, so once the sentinel's reply
+    arrives every reply to ``packets`` has been sent: no sleep is needed to
+    prove that a packet got no answer.
+    """
+    loop = asyncio.get_running_loop()
+    sentinel = dns.message.make_query("sentinel.invalid.", "A", id=0xBEEF).to_wire()
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.setblocking(False)
+        sock.connect(("127.0.0.1", port))
+        for packet in packets:
+            await loop.sock_sendall(sock, packet)
+        await loop.sock_sendall(sock, sentinel)
+        replies: list[bytes] = []
+        while True:
+            data = await asyncio.wait_for(loop.sock_recv(sock, 65535), wait)
+            if data[:2] == b"\xbe\xef" and data[12:].startswith(sentinel[12:29]):
+                return replies
+            replies.append(data)
+
+
+async def udp_raw(port: int, packet: bytes, wait: float = 3.0) -> bytes | None:
+    """One datagram's reply, or None when the server sent nothing for it."""
+    replies = await udp_exchange(port, [packet], wait)
+    assert len(replies) <= 1, replies
+    return replies[0] if replies else None
+
+
+async def tcp_raw(port: int, packet: bytes, wait: float = 3.0) -> bytes | None:
+    """Send one length-prefixed message on a new connection; None: the server closed it."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(len(packet).to_bytes(2, "big") + packet)
+        await writer.drain()
+        return await read_frame(reader, wait)
+    finally:
+        writer.close()
+        with contextlib.suppress(ConnectionError):
+            await writer.wait_closed()
+
+
+async def read_frame(reader: asyncio.StreamReader, wait: float = 3.0) -> bytes | None:
+    """Read one length-prefixed DNS message; None on a clean or abrupt close."""
+    try:
+        prefix = await asyncio.wait_for(reader.readexactly(2), wait)
+        return await asyncio.wait_for(reader.readexactly(int.from_bytes(prefix, "big")), wait)
+    except (asyncio.IncompleteReadError, ConnectionError):
+        return None
