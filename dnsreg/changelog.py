@@ -100,8 +100,19 @@ class ChangeLog:
         return len(self._events) - self._start
 
     def append(self, event: Event) -> bool:
-        """Remember ``event``; False (and ignored) when it is not newer than the head."""
-        if event.revision <= self.head:
+        """Remember ``event``; False (and ignored) when it is not newer than the head.
+
+        One exception: another instance's change at the head's own revision. A
+        shared store that re-lists after losing its watch history applies the
+        whole difference at the one etcd revision it listed at.
+        """
+        last = self._events[-1] if len(self) else None
+        same_step = (
+            last is not None
+            and last.revision == event.revision
+            and (last.service, last.id) != (event.service, event.id)
+        )
+        if event.revision <= self.head and not same_step:
             return False
         self._events.append(event)
         self._revisions.append(event.revision)

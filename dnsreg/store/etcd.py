@@ -354,7 +354,7 @@ class EtcdStore(Store):
         self.nodes.update(delta.nodes_up)
         for node in delta.nodes_down:
             self.nodes.pop(node, None)
-        self._advance(delta.revision)
+        self._advance(delta.revision, registry=bool(delta.changes))
         if membership:
             log.info("etcd: live nodes now %s", ", ".join(sorted(self.nodes)) or "none")
             self._membership_changed()
@@ -365,10 +365,17 @@ class EtcdStore(Store):
             collector.append(change)
         self._publish(change)
 
-    def _advance(self, revision: int) -> None:
-        """The mirror is at ``revision``: the registry says so and waiting writers wake."""
+    def _advance(self, revision: int, *, registry: bool) -> None:
+        """The mirror has applied ``revision``: waiting writers wake.
+
+        The registry revision moves only with a published change (``registry``):
+        a node joining or leaving also bumps etcd's revision, but it is not a
+        registry change, and a revision that moved without one would leave
+        blocking queries and event streams (which follow the changes) behind it.
+        """
         self._applied = max(self._applied, revision)
-        self.registry.set_revision(self._applied)
+        if registry:
+            self.registry.set_revision(revision)
         while self._waiters and self._waiters[0][0] <= self._applied:
             _, _, future = heapq.heappop(self._waiters)
             if not future.done():
@@ -387,7 +394,8 @@ class EtcdStore(Store):
             self._apply_change(change)
         membership = snap.nodes.keys() != self.nodes.keys()
         self.nodes = dict(snap.nodes)
-        self._advance(snap.revision)
+        # The first listing sets the revision; a later one moves it only with changes.
+        self._advance(snap.revision, registry=bool(changes) or self._resyncs == 0)
         self._resyncs += 1
         if changes:
             log.info(
@@ -574,19 +582,37 @@ class EtcdStore(Store):
 
     async def heartbeat(self, service: str, instance_id: str) -> Instance:
         self._writable()
-        instance = self.registry.require(service, instance_id)
+        instance = self.registry.get(service, instance_id)
+        if instance is not None and instance.reg.ttl <= 0:
+            return instance  # no lease to renew
         lease = self._leases.get((service, instance_id), (0, 0))[0]
-        if instance.reg.ttl <= 0 or not lease:
-            return instance
         try:
-            ttl = await self.client.keepalive(lease)
+            ttl = await self.client.keepalive(lease) if lease else 0
+            if ttl <= 0:
+                # Not in this node's mirror yet (registered through another node a
+                # moment ago), or re-registered there on a new lease: ask etcd.
+                found = await self.client.range(self.layout.instance_key(service, instance_id))
+                if not found.kvs:
+                    raise NotFound(
+                        f"instance {instance_id!r} of service {service!r} is not registered "
+                        "(or its lease expired); register again"
+                    )
+                kv = found.kvs[0]
+                instance = Stored.decode(kv.value).to_instance(kv.mod_revision, self.clock())
+                if not kv.lease:
+                    return instance  # ttl 0: nothing to renew
+                ttl = await self.client.keepalive(kv.lease)
+                if ttl <= 0:
+                    raise NotFound(
+                        f"the lease of {instance_id!r} of service {service!r} has expired; "
+                        "register again"
+                    )
         except EtcdError as exc:
             raise self._unreachable(exc) from exc
-        if ttl <= 0:
-            raise NotFound(
-                f"the lease of {instance_id!r} of service {service!r} has expired; register again"
-            )
-        return self.registry.heartbeat(service, instance_id, self.clock())
+        if self.registry.get(service, instance_id) is not None:
+            return self.registry.heartbeat(service, instance_id, self.clock())
+        assert instance is not None
+        return instance.with_changes(deadline=self.clock() + ttl)
 
     async def set_maintenance(
         self, service: str, instance_id: str, reason: str | None
