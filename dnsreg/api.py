@@ -252,6 +252,11 @@ class Api:
             "services": sum(1 for _ in self.registry.services()),
             "instances": len(self.registry),
             "store": self.store.describe(),
+            "events": {
+                "streams": self.events.streams,
+                "blocking_queries": self.events.blocked,
+                "oldest_revision": self.events.log.floor,
+            },
             **self.describe(),
         }
         return json_response(body, revision=revision)

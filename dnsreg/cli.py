@@ -9,6 +9,7 @@ import sys
 from collections.abc import Sequence
 
 from dnsreg import __version__
+from dnsreg.clicmds import COMMANDS, add_commands, run_command
 from dnsreg.config import load_config
 from dnsreg.errors import DnsregError
 
@@ -37,9 +38,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--version", action="version", version=f"dnsreg {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     _serve_parser(sub)
+    add_commands(sub)
     args = parser.parse_args(argv)
     if args.command == "serve":
         return _serve(vars(args))
+    if args.command in COMMANDS:
+        return run_command(args)
     parser.error(f"unknown command {args.command}")
     return 2
 

@@ -454,6 +454,11 @@ class Lease:
         self._ever = False
 
     @property
+    def ever_registered(self) -> bool:
+        """True once a registration went through (so closing deregisters)."""
+        return self._ever
+
+    @property
     def service(self) -> str:
         return self.spec.service
 
@@ -493,7 +498,9 @@ class Lease:
             await self._register()
         except TRANSIENT as exc:
             log.warning("%s/%s: update not sent yet (%s); retrying", self.service, self.id, exc)
-        self._task = asyncio.create_task(self._keep(), name=f"lease {self.service}/{self.id}")
+        finally:
+            # Refused or not, keep trying: the keeper registers whatever spec is current.
+            self._task = asyncio.create_task(self._keep(), name=f"lease {self.service}/{self.id}")
 
     async def close(self, *, deregister: bool = True) -> None:
         """Stop heartbeating and (by default) deregister, even when being cancelled."""
