@@ -20,6 +20,8 @@ from dnsreg.api import Api
 from dnsreg.config import Config
 from dnsreg.dnsserver import DnsServer
 from dnsreg.errors import ZoneError
+from dnsreg.health import Checker, PanicWatch
+from dnsreg.health_rules import ExpiryGuard
 from dnsreg.metrics import Metrics
 from dnsreg.names import to_text
 from dnsreg.registry import Registry
@@ -36,6 +38,8 @@ class Server:
         self.clock = clock
         self.registry = Registry(panic_threshold=config.panic_threshold)
         self.store: Store | None = None
+        self.checker: Checker | None = None
+        self.panic_watch: PanicWatch | None = None
         self.static = StaticZones()
         self.responder: Responder | None = None
         self.dns: DnsServer | None = None
@@ -54,8 +58,14 @@ class Server:
             cfg.store, data_dir=cfg.data_dir, registry=self.registry, clock=self.clock
         )
         self.store.stale_after = cfg.stale_after
+        self.store.expiry_guard = ExpiryGuard(cfg.expiry_guard)
         await self.store.start()
         try:
+            # 1b. Health checks of what the store holds, and panic-mode logging.
+            self.panic_watch = PanicWatch(self.registry)
+            self.panic_watch.start(self.store)
+            self.checker = Checker(self.store, concurrency=cfg.check_concurrency, clock=self.clock)
+            await self.checker.start()
             # 2. Static zones, checked against what the store brought back.
             self.static = self._load_zones()
             self.registry.static_clash = lambda svc: self.static.clash_for_service(origin, svc)
@@ -78,6 +88,7 @@ class Server:
             self.dns_port = await self.dns.start(cfg.dns.host, cfg.dns.port)
             # 4. HTTP.
             metrics = Metrics(self.registry, lambda: self.responder)
+            metrics.watch_health(lambda: self.store, lambda: self.checker, lambda: self.panic_watch)
             api = Api(
                 self.registry,
                 self.store,
@@ -110,13 +121,16 @@ class Server:
         )
 
     async def stop(self) -> None:
-        """Reverse order: HTTP, DNS, then the store flushes and closes."""
+        """Reverse order: HTTP, DNS, the health checker, then the store flushes and closes."""
         if self.http_runner is not None:
             await self.http_runner.cleanup()
             self.http_runner = None
         if self.dns is not None:
             await self.dns.close()
             self.dns = None
+        if self.checker is not None:
+            await self.checker.close()
+            self.checker = None
         if self.store is not None:
             await self.store.close()
             self.store = None
@@ -131,6 +145,9 @@ class Server:
             "zone": to_text(self.config.origin),
             "dns": {"host": self.config.dns.host, "port": self.dns_port},
             "static_zones": sorted(to_text(z) for z in self.static.zones),
+            "self_preservation": (
+                self.store.self_preservation() if self.store is not None else {"active": False}
+            ),
         }
 
     # ------------------------------------------------------------------ zones

@@ -25,6 +25,14 @@ def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     p.add_argument("--config", metavar="FILE", help="TOML file with any of these settings")
     p.add_argument("--advertise", metavar="IP[,IP]", help="addresses of ns.<domain>")
     p.add_argument("--panic-threshold", dest="panic_threshold", metavar="FRACTION")
+    p.add_argument(
+        "--expiry-guard", dest="expiry_guard", metavar="FRACTION|off",
+        help="pause lease expiry when more than this share of leases lapse at once (0.5)",
+    )  # fmt: skip
+    p.add_argument(
+        "--check-concurrency", dest="check_concurrency", type=int, metavar="N",
+        help="health checks in flight at once (256)",
+    )  # fmt: skip
     p.add_argument("--max-answers", dest="max_answers", type=int, metavar="N")
     p.add_argument(
         "--stale-after", dest="stale_after", metavar="DURATION",

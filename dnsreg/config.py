@@ -44,6 +44,8 @@ class Config:
     negative_ttl: int = 5
     max_answers: int | None = None
     panic_threshold: float | None = None
+    expiry_guard: float | None = 0.5  # self-preservation (SPEC §3); None: off
+    check_concurrency: int = 256  # health checks in flight at once
     max_body_bytes: int = 64 * 1024
     tcp_idle_timeout: float = 10.0
     tcp_max_connections: int = 512
@@ -103,6 +105,18 @@ def _coerce(name: str, value: Any) -> Any:
             if not 0.0 < threshold <= 1.0:
                 raise ConfigError("panic_threshold: must be a fraction in (0, 1]")
             return threshold
+        if name == "expiry_guard":
+            if value in (None, "", "off", False):
+                return None
+            guard = float(value)
+            if not 0.0 < guard < 1.0:
+                raise ConfigError("expiry_guard: must be a fraction in (0, 1), or 'off'")
+            return guard
+        if name == "check_concurrency":
+            concurrency = int(value)
+            if concurrency < 1:
+                raise ConfigError("check_concurrency: must be at least 1")
+            return concurrency
         if name == "stale_after":
             return parse_duration(value, field="stale_after")
         if name == "tcp_idle_timeout":

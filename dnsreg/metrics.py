@@ -9,8 +9,10 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
 
+from dnsreg.health import Checker, PanicWatch
 from dnsreg.registry import Registry
 from dnsreg.responder import Responder
+from dnsreg.store import Store
 from dnsreg.wire import Rcode
 
 
@@ -56,6 +58,58 @@ class _LiveCollector(Collector):
         )  # fmt: skip
 
 
+class _HealthCollector(Collector):
+    """Health checks, panic mode and self-preservation, read at scrape time."""
+
+    def __init__(
+        self,
+        store: Callable[[], Store | None],
+        checker: Callable[[], Checker | None],
+        panic: Callable[[], PanicWatch | None],
+    ) -> None:
+        self.store = store
+        self.checker = checker
+        self.panic = panic
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        store = self.store()
+        if store is not None:
+            guard = store.self_preservation()
+            yield GaugeMetricFamily(
+                "dnsreg_expiry_paused",
+                "1 while self-preservation holds lease expiry (too many leases lapsing at once)",
+                value=1 if guard["active"] else 0,
+            )
+            yield GaugeMetricFamily(
+                "dnsreg_leases_lapsing",
+                "Leases lapsing at the last self-preservation assessment",
+                value=guard.get("lapsing", 0),
+            )
+        checker = self.checker()
+        if checker is not None:
+            results = CounterMetricFamily(
+                "dnsreg_health_checks", "Health check runs, by result", labels=["result"]
+            )
+            for result in ("passing", "warning", "critical"):
+                results.add_metric([result], checker.results[result])
+            yield results
+            yield GaugeMetricFamily(
+                "dnsreg_health_checks_scheduled", "Health checks with a running schedule",
+                value=checker.scheduled,
+            )  # fmt: skip
+            yield GaugeMetricFamily(
+                "dnsreg_health_checks_in_flight", "Health checks running right now",
+                value=checker.in_flight,
+            )  # fmt: skip
+        panic = self.panic()
+        if panic is not None:
+            yield GaugeMetricFamily(
+                "dnsreg_services_in_panic",
+                "Services below the panic threshold, served in full",
+                value=len(panic.in_panic),
+            )
+
+
 class Metrics:
     def __init__(self, registry: Registry, responder: Callable[[], Responder | None]) -> None:
         self.registry = CollectorRegistry()
@@ -66,6 +120,14 @@ class Metrics:
             "dnsreg_heartbeats", "Heartbeats accepted", registry=self.registry
         )
         self.registry.register(_LiveCollector(registry, responder))
+
+    def watch_health(
+        self,
+        store: Callable[[], Store | None],
+        checker: Callable[[], Checker | None],
+        panic: Callable[[], PanicWatch | None],
+    ) -> None:
+        self.registry.register(_HealthCollector(store, checker, panic))
 
     def render(self) -> tuple[bytes, str]:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST

@@ -14,6 +14,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+from dnsreg.health_rules import ExpiryGuard
 from dnsreg.model import CheckStatus, Instance, Registration
 from dnsreg.registry import Change, Registry
 
@@ -115,6 +116,16 @@ class Store(abc.ABC):
     # ----------------------------------------------------------------- status
     def describe(self) -> dict[str, Any]:
         return {"kind": self.kind}
+
+    #: Self-preservation (SPEC §3), set by the server before :meth:`start`. A
+    #: store that expires leases itself consults it; None: the store has no
+    #: lease expiry of its own to pause (its backend owns the leases).
+    expiry_guard: ExpiryGuard | None = None
+
+    def self_preservation(self) -> dict[str, Any]:
+        """The guard's state for /v1/status and /metrics; a store that runs its
+        own lease expiry and consults the guard says so by overriding this."""
+        return {"enabled": False, "active": False}
 
 
 def instance_to_row(instance: Instance) -> dict[str, Any]:

@@ -39,6 +39,10 @@ CREATE TABLE IF NOT EXISTS instances (
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
+# Self-preservation: seconds between assessments while it holds, and between reminders.
+GUARD_RECHECK = 1.0
+GUARD_REMIND = 60.0
+
 # Pending write: (service, id, row or None for delete, revision).
 _Write = tuple[str, str, str | None, int]
 
@@ -62,6 +66,7 @@ class SqliteStore(Store):
         self._schedule_changed = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._closing = False
+        self._guard_reminded = 0.0
 
     # -------------------------------------------------------------- lifecycle
     async def start(self) -> None:
@@ -92,11 +97,18 @@ class SqliteStore(Store):
         self._closing = True
         self._flush_wanted.set()
         self._schedule_changed.set()
-        for task in self._tasks:
+        # The writer is not cancelled but drained: cancelling it while a batch
+        # runs in its thread would close the connection under that thread
+        # (a crash in sqlite3, not an exception).
+        writers = [t for t in self._tasks if t.get_name() == "sqlite-writer"]
+        others = [t for t in self._tasks if t not in writers]
+        for task in others:
             task.cancel()
-        for task in self._tasks:
+        for task in others:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        for task in writers:
+            await task
         if self._pending:
             await self._flush()
         if self._db is not None:
@@ -105,6 +117,11 @@ class SqliteStore(Store):
 
     def describe(self) -> dict[str, Any]:
         return {"kind": self.kind, "path": str(self.path), "pending_writes": len(self._pending)}
+
+    def self_preservation(self) -> dict[str, Any]:
+        if self.expiry_guard is None:
+            return super().self_preservation()
+        return self.expiry_guard.describe()
 
     # ----------------------------------------------------------------- writes
     async def register(self, reg: Registration) -> Change:
@@ -138,11 +155,53 @@ class SqliteStore(Store):
         return change
 
     async def expire_now(self) -> list[Change]:
-        """Expire every lease that is due (the timer calls this; tests may too)."""
-        changes = self.registry.expire_due(self.clock())
+        """Expire every lease that is due, unless self-preservation holds (SPEC §3).
+
+        The timer calls this; tests may too. The guard is assessed only when a
+        lease is really due (or while it holds, to notice it should let go), so
+        heartbeats cost nothing here.
+        """
+        now = self.clock()
+        guard = self.expiry_guard
+        if guard is not None and guard.enabled:
+            if self.registry.first_due(now) is None and not guard.active:
+                return []
+            was_active = guard.active
+            verdict = guard.assess(now, self.registry.leases())
+            self._log_guard(was_active, now)
+            if verdict.hold:
+                return []
+        changes = self.registry.expire_due(now)
+        if guard is not None:
+            for change in changes:
+                assert change.before is not None
+                guard.expired(now, change.before.reg.ttl)
         if changes:
             await asyncio.gather(*(self._commit(c) for c in changes))
         return changes
+
+    def _log_guard(self, was_active: bool, now: float) -> None:
+        guard = self.expiry_guard
+        assert guard is not None
+        assert guard.last is not None
+        last = guard.last
+        numbers = (
+            f"{last.lapsing} of {last.leases} leases lapsing "
+            f"({last.share:.0%}, threshold {guard.fraction:.0%})"
+        )
+        if guard.active and not was_active:
+            self._guard_reminded = now
+            log.warning(
+                "self-preservation: %s: lease expiry paused. So many leases lapsing at once "
+                "more likely means this registry lost its network than that the instances "
+                "died; expiry resumes by itself once heartbeats return",
+                numbers,
+            )
+        elif guard.active and now - self._guard_reminded >= GUARD_REMIND:
+            self._guard_reminded = now
+            log.warning("self-preservation still holding: %s: lease expiry paused", numbers)
+        elif was_active and not guard.active:
+            log.warning("self-preservation over: %s: lease expiry resumed", numbers)
 
     # -------------------------------------------------------------- internals
     async def _commit(self, change: Change) -> None:
@@ -162,6 +221,8 @@ class SqliteStore(Store):
             self._flush_wanted.clear()
             if self._pending:
                 await self._flush()
+            if self._closing and not self._pending:
+                return
 
     async def _flush(self) -> None:
         batch, self._pending = self._pending, []
@@ -209,12 +270,19 @@ class SqliteStore(Store):
         """Expire leases at their deadline (SPEC §3: within 1 s of it)."""
         while not self._closing:
             self._schedule_changed.clear()
-            deadline = self.registry.next_deadline()
-            delay = 3600.0 if deadline is None else max(0.0, deadline - self.clock())
-            if delay > 0:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._schedule_changed.wait(), timeout=delay)
-                continue
+            guard = self.expiry_guard
+            if guard is not None and guard.active:
+                # Holding: due leases stay due, so the deadline would wake us at
+                # once. Re-assess every second instead (each assessment walks
+                # every lease, so a burst of registrations must not trigger one each).
+                await asyncio.sleep(GUARD_RECHECK)
+            else:
+                deadline = self.registry.next_deadline()
+                delay = 3600.0 if deadline is None else max(0.0, deadline - self.clock())
+                if delay > 0:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._schedule_changed.wait(), timeout=delay)
+                    continue
             try:
                 changes = await self.expire_now()
             except Exception:
