@@ -22,8 +22,11 @@ from pathlib import Path
 
 import dns.exception
 import dns.name
+import dns.rdataclass
 import dns.rdatatype
+import dns.tokenizer
 import dns.zone
+import dns.zonefile
 
 from dnsreg.errors import ZoneError
 from dnsreg.names import Name, is_subdomain, relative, to_text
@@ -158,6 +161,51 @@ def _working_directory(path: Path) -> Iterator[None]:
         os.chdir(previous)
 
 
+class _Reader(dns.zonefile.Reader):
+    """dnspython's master-file reader, with error lines that point at the record.
+
+    dnspython reports its tokenizer's line when an error surfaces, and the
+    tokenizer has usually read the newline after the bad record by then (it
+    counts a newline even when it puts it back), so messages name the line
+    below the mistake, in $INCLUDEd files too. Report the line the record
+    starts on instead.
+    """
+
+    _record_line: int | None = None
+
+    def _rr_line(self) -> None:
+        self._record_line = self.tok.line_number
+        super()._rr_line()
+        self._record_line = None
+
+    def read(self) -> None:
+        try:
+            super().read()
+        except dns.exception.SyntaxError as exc:
+            filename, reported = self.tok.where()
+            if self._record_line is not None:
+                line = self._record_line
+            else:  # a directive: only a put-back newline can be counted already
+                line = reported - (1 if self.tok.ungotten_char == "\n" else 0)
+            prefix = f"{filename}:{reported}: "
+            text = str(exc)
+            if line == reported or not text.startswith(prefix):
+                raise
+            fixed = f"{filename}:{line}: {text[len(prefix) :]}"
+            raise dns.exception.SyntaxError(fixed) from None  # type: ignore[no-untyped-call]
+
+
+def _parse(path: Path, origin: dns.name.Name, *, check_origin: bool) -> dns.zone.Zone:
+    """What ``dns.zone.from_file`` does, with :class:`_Reader`."""
+    zone = dns.zone.Zone(origin, dns.rdataclass.IN, relativize=False)
+    with path.open(encoding="utf-8") as f, zone.writer(True) as txn:
+        tok = dns.tokenizer.Tokenizer(f, str(path))
+        _Reader(tok, dns.rdataclass.IN, txn, allow_include=True).read()
+    if check_origin:
+        zone.check_origin()
+    return zone
+
+
 def load_zone_file(path: Path, dynamic_origin: Name) -> StaticZone:
     """Parse one master file; raise ZoneError naming the file and line."""
     origin_text = _declared_origin(path) or path.name.removesuffix(".zone") + "."
@@ -169,13 +217,7 @@ def load_zone_file(path: Path, dynamic_origin: Name) -> StaticZone:
     path = path.resolve()
     try:
         with _working_directory(path.parent):
-            zone = dns.zone.from_file(
-                str(path),
-                origin=origin,
-                relativize=False,
-                allow_include=True,
-                check_origin=not is_dynamic,
-            )
+            zone = _parse(path, origin, check_origin=not is_dynamic)
     except dns.exception.SyntaxError as exc:
         # dnspython's message already reads "file:line: what".
         raise ZoneError(f"{exc}") from exc

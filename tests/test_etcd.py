@@ -10,6 +10,7 @@ import asyncio
 import base64
 import contextlib
 import time
+from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +23,7 @@ import dns.exception
 import dns.message
 import dns.rcode
 import dns.rdatatype
+from aiohttp import web
 
 from dnsreg.app import Server
 from dnsreg.registry import Change, ChangeKind
@@ -230,6 +232,46 @@ async def test_validation_conflicts_hold_across_nodes(
         assert status == 409, body
 
 
+async def test_blocking_queries_and_event_streams_follow_changes_made_on_other_nodes(
+    etcd: EtcdCluster, tmp_path: Path
+) -> None:
+    url = etcd.store_url()
+    async with nodes(tmp_path, url, url) as (a, b):
+        await a.register("web", "w0")
+        await poll(lambda: b.revision == a.revision, within=1)
+        index = b.revision
+
+        async def blocked() -> tuple[int, float]:
+            async with b.http.get(f"{b.base}/v1/services/web?index={index}&wait=10s") as resp:
+                await resp.read()
+                return int(resp.headers["X-Dnsreg-Index"]), time.monotonic()
+
+        async def first_event() -> tuple[str, int]:
+            async with b.http.get(f"{b.base}/v1/events?since={index}") as resp:
+                fields: dict[str, str] = {}
+                async for raw in resp.content:
+                    line = raw.decode().rstrip("\n")
+                    if not line:
+                        if "data" in fields:
+                            return fields["event"], int(fields["id"])
+                        fields = {}
+                    elif not line.startswith(":"):
+                        name, _, value = line.partition(":")
+                        fields[name] = value.strip()
+            raise AssertionError("stream ended")
+
+        query = asyncio.create_task(blocked())
+        events = asyncio.create_task(first_event())
+        await asyncio.sleep(0.2)  # both are parked on B now
+        assert not query.done()
+        reply = await a.register("web", "w1")
+        acked = time.monotonic()
+        woke_index, woke_at = await asyncio.wait_for(query, 5)
+        assert woke_index == reply["revision"]
+        assert woke_at - acked < 0.5
+        assert await asyncio.wait_for(events, 5) == ("registered", reply["revision"])
+
+
 # ---------------------------------------------------------------- etcd failures
 async def test_leader_killed_during_a_burst_loses_no_acknowledged_registration(
     etcd3: EtcdCluster,
@@ -262,13 +304,14 @@ async def test_leader_killed_during_a_burst_loses_no_acknowledged_registration(
         async def writer(node: Node, worker: int) -> None:
             for n in range(15):
                 id = f"w{worker}-{n}"
+                sent_after_kill = bool(killed_at)
                 status, body = await node.put(
                     f"/v1/services/burst/instances/{id}",
                     {"address": f"10.1.{worker}.{n + 1}", "port": 80, "ttl": "60s"},
                 )
                 if status in (200, 201):
                     acked.append(id)
-                    if killed_at and not first_ok_after_kill:
+                    if sent_after_kill and not first_ok_after_kill:
                         first_ok_after_kill.append(time.monotonic())
                 else:
                     assert status == 503, body
@@ -292,7 +335,7 @@ async def test_leader_killed_during_a_burst_loses_no_acknowledged_registration(
         assert len(acked) + len(failed) == 60
         assert first_ok_after_kill, "no write succeeded after the leader was killed"
         failover = first_ok_after_kill[0] - killed_at[0]
-        print(f"\nleader killed -> first acknowledged write: {failover:.2f}s; "
+        print(f"\nleader killed -> first write sent after it acknowledged: {failover:.2f}s; "
               f"{len(failed)} of 60 writes refused with 503 meanwhile")  # fmt: skip
         assert failover < 6.0
         # Every acknowledged registration is in etcd, so on both nodes and in their DNS.
@@ -345,8 +388,10 @@ async def test_etcd_down_then_back_marks_answers_stale_refuses_writes_and_recove
 
         restarted = time.monotonic()
         await etcd.restart(member)
+        healthy = time.monotonic()
         await poll(lambda: not a.store.stale, within=5)
-        print(f"\netcd started again -> stale marking off: {time.monotonic() - restarted:.2f}s")
+        print(f"\netcd started again -> stale marking off: {time.monotonic() - restarted:.2f}s "
+              f"({time.monotonic() - healthy:.2f}s after etcd answered /health)")  # fmt: skip
         msg = await a.query("web.service.local")
         assert ede_codes(msg) == []
         await a.register("web", "w2", address="10.0.0.9")
@@ -396,3 +441,62 @@ async def test_a_node_cut_off_past_compaction_lists_again_and_converges(
             assert {c.revision for c in a.changes[a_saw:]} == {b.revision}
     finally:
         await proxy.close()
+
+
+# ------------------------------------------------------------------- node death
+async def test_health_checks_run_on_one_node_and_move_when_it_dies(
+    etcd: EtcdCluster, tmp_path: Path, spawn: Any
+) -> None:
+    """Each instance is checked by exactly one live node; a killed node's share moves."""
+    hits: Counter[str] = Counter()
+    failing = False
+
+    async def health(request: web.Request) -> web.Response:
+        hits[request.match_info["id"]] += 1
+        return web.Response(status=500 if failing else 200)
+
+    app = web.Application()
+    app.router.add_get("/h/{id}", health)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    url = etcd.store_url()
+    try:
+        async with nodes(tmp_path, url) as (a,):
+            other = spawn("--store", url, workdir=tmp_path)
+            await poll(lambda: len(a.store.nodes) == 2, within=5)
+            ids = [f"i{n}" for n in range(16)]
+            for id in ids:
+                check = {"http": f"http://127.0.0.1:{port}/h/{id}", "interval": "1s",
+                         "timeout": "500ms", "fall": 1}  # fmt: skip
+                await a.register("web", id, ttl="60s", checks=[check])
+            await poll(lambda: all(hits[id] for id in ids), within=5)
+            theirs = [id for id in ids if not a.store.owns_check("web", id)]
+            assert theirs, "rendezvous gave every instance to one node"
+            # Exactly one node checks each instance: one probe per interval, not two.
+            hits.clear()
+            await asyncio.sleep(3.0)
+            assert all(1 <= hits[id] <= 4 for id in ids), hits
+
+            other.proc.kill()
+            other.proc.wait(10)
+            killed = time.monotonic()
+            failing = True
+            # Only A is left to see the targets fail: every instance leaves A's DNS,
+            # the dead node's share included, once its node lease has run out.
+            await poll(lambda: a.addresses("web.service.local"), within=1)
+            took = await poll(
+                lambda: all(not a.server.registry.get("web", i).served for i in ids),  # type: ignore[union-attr]
+                within=10,
+                interval=0.05,
+            )
+            print(f"\ndnsreg node killed -> its checks ran on the survivor and withdrew "
+                  f"its instances: {took:.2f}s (node TTL 3s + check interval 1s)")  # fmt: skip
+            assert a.store.owns_check("web", theirs[0])
+            assert a.store.nodes.keys() == {a.store.node_id}
+            assert time.monotonic() - killed < 3 + 1 + 1 + 1.5
+            assert await a.addresses("web.service.local") == set()
+    finally:
+        await runner.cleanup()

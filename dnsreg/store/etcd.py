@@ -296,7 +296,7 @@ class EtcdStore(Store):
                 self._set_connected(False, "internal error (see log)")
                 self.client.rotate(endpoint)
             await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, 1.0)
+            backoff = min(backoff * 2, 0.5)
 
     async def _ride(self, endpoint: str) -> None:
         """Watch from the last applied revision on ``endpoint``, probing it every second."""
