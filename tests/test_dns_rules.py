@@ -167,6 +167,9 @@ async def test_empty_non_terminal_above_a_service_is_nodata(running: Running) ->
 
 async def test_service_without_served_instance_is_nodata(running: Running) -> None:
     await running.register("web", "web-1", tags=["primary"])
+    # Answered (and cached) first: the maintenance change must reach DNS at once.
+    assert (await running.query("web.service.local", "A")).answer
+    assert (await running.query("_web._tcp.service.local", "SRV")).answer
     url = f"{running.base}/v1/services/web/instances/web-1/maintenance"
     async with running.http.put(url, json={"enable": True, "reason": "upgrade"}) as resp:
         assert resp.status == 200, await resp.text()
