@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import ipaddress
 from collections import Counter
+from pathlib import Path
 
 import pytest
 
+from dnsreg.config import load_config
 from dnsreg.errors import ConfigError
 from dnsreg.model import Check, CheckStatus, Health, Instance, Registration
 from dnsreg.registry import ChangeKind
@@ -272,3 +274,14 @@ def test_rendezvous_is_stable_balanced_and_moves_only_the_dead_nodes_share() -> 
     assert moved
     assert all(owners[item] == "n2" for item in moved)
     assert rendezvous_owner([], "web", "a") is None
+
+
+def test_stale_after_is_a_duration_from_flags_env_or_file(tmp_path: Path) -> None:
+    assert load_config({}, env={}).stale_after == 10.0
+    assert load_config({}, env={"DNSREG_STALE_AFTER": "500ms"}).stale_after == 0.5
+    toml = tmp_path / "dnsreg.toml"
+    toml.write_text('stale_after = "30s"\n')
+    assert load_config({"config": str(toml)}, env={}).stale_after == 30.0
+    assert load_config({"stale_after": "2s", "config": str(toml)}, env={}).stale_after == 2.0
+    with pytest.raises(ConfigError):
+        load_config({"stale_after": "soon"}, env={})
