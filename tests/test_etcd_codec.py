@@ -285,3 +285,27 @@ def test_stale_after_is_a_duration_from_flags_env_or_file(tmp_path: Path) -> Non
     assert load_config({"stale_after": "2s", "config": str(toml)}, env={}).stale_after == 2.0
     with pytest.raises(ConfigError):
         load_config({"stale_after": "soon"}, env={})
+
+
+def test_registry_apply_replaces_indexes_and_keeps_mirrored_leases_out_of_expiry() -> None:
+    """A mirror applies whatever the stream says, whatever it believed before."""
+    from dnsreg.registry import Change, Registry
+
+    mirror_registry = Registry()
+    first = stored(reg(id="a", tags=("blue",))).to_instance(5, NOW)
+    mirror_registry.apply(Change(ChangeKind.REGISTERED, 5, "web", "a", None, first))
+    assert [i.reg.id for i in mirror_registry.tagged("web", ["blue"])] == ["a"]
+    # The stream's "before" may be older than the mirror's copy: the copy is replaced anyway.
+    second = stored(reg(id="a", tags=("green",))).to_instance(7, NOW)
+    mirror_registry.apply(Change(ChangeKind.REPLACED, 7, "web", "a", None, second))
+    assert mirror_registry.tagged("web", ["blue"]) == []
+    assert [i.reg.id for i in mirror_registry.tagged("web", ["green"])] == ["a"]
+    assert (mirror_registry.revision, mirror_registry.service_revision("web")) == (7, 7)
+    # Leases are etcd's: nothing for this registry to expire, however late it gets.
+    assert mirror_registry.next_deadline() is None
+    assert mirror_registry.expire_due(NOW + 10_000) == []
+    # An older change arriving late never moves revisions backwards.
+    mirror_registry.apply(Change(ChangeKind.EXPIRED, 6, "web", "a", second, None))
+    assert mirror_registry.get("web", "a") is None
+    assert not mirror_registry.has_service("web")
+    assert (mirror_registry.revision, mirror_registry.service_revision("web")) == (7, 7)
