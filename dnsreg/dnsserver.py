@@ -161,7 +161,9 @@ class _TcpConnection(asyncio.Protocol):
         del buf[:pos]
         if out:
             transport.write(b"".join(out))
-        self._arm()
+            # RFC 7766 §6.2.3: the idle time runs between whole queries. Re-arming on
+            # every chunk would let a client dripping one byte at a time hold a slot.
+            self._arm()
         if self.listener.closing and not buf:
             transport.close()
 

@@ -129,6 +129,31 @@ async def test_idle_connections_are_closed(tmp_path: Path) -> None:
         await server.stop()
 
 
+async def test_a_client_dripping_bytes_cannot_hold_a_connection(tmp_path: Path) -> None:
+    # The idle time runs between whole queries (RFC 7766 §6.2.3), not between bytes.
+    server = await serve(tmp_path, tcp_idle_timeout=0.3)
+    try:
+        async with connection(server.dns_port) as (reader, writer):
+            started = time.monotonic()
+            message = frame(query("service.local", "SOA", 3))
+            closed = False
+            for byte in message:
+                writer.write(bytes([byte]))
+                try:
+                    if await asyncio.wait_for(reader.read(1), 0.1) == b"":
+                        closed = True
+                        break
+                except TimeoutError:
+                    continue
+                except ConnectionError:
+                    closed = True
+                    break
+            assert closed, "the server kept a connection that never completed a query"
+            assert time.monotonic() - started < 1.5
+    finally:
+        await server.stop()
+
+
 async def test_connection_cap(tmp_path: Path) -> None:
     server = await serve(tmp_path, tcp_max_connections=2)
     port = server.dns_port
