@@ -372,8 +372,11 @@ class Client:
                             cursor = revision
                             yield Event("reset", revision or 0, "", "", None)
                             continue
-                        if revision is not None and cursor is not None and revision <= cursor:
-                            continue  # already delivered (never expected; cheap to guard)
+                        # Already delivered (never expected; cheap to guard). Equal is
+                        # not a repeat: a shared store may apply several changes at
+                        # one revision (see ChangeLog.append).
+                        if revision is not None and cursor is not None and revision < cursor:
+                            continue
                         data = json.loads(message.data)
                         cursor = revision
                         yield Event(

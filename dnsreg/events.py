@@ -36,6 +36,8 @@ DEFAULT_KEEPALIVE = 15.0  # well under the 60 s idle timeout of common proxies
 RECONNECT_MS = 1000  # the `retry:` hint for browsers' EventSource
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+_ShareKey = tuple[str, tuple[tuple[str, str], ...]]
+SHARE_FOR = 0.5  # seconds a rendered blocking answer may be handed to other waiters
 
 
 class EventHub:
@@ -55,56 +57,64 @@ class EventHub:
         self.closed = False
         self.streams = 0  # open /v1/events streams
         self.blocked = 0  # blocking queries waiting right now
-        self._by_service: dict[str, asyncio.Future[None]] = {}
-        self._by_prefix: dict[str, asyncio.Future[None]] = {}
+        # Waiters by the service they read, and by the prefix they watch.
+        self._by_service: dict[str, set[asyncio.Future[bool]]] = {}
+        self._by_prefix: dict[str, set[asyncio.Future[bool]]] = {}
+        self._shared: dict[_ShareKey, tuple[float, int, bytes, dict[str, str]]] = {}
+
+    @property
+    def waiters(self) -> int:
+        """Futures parked right now (streams and blocking queries between changes)."""
+        return sum(len(w) for w in self._by_service.values()) + sum(
+            len(w) for w in self._by_prefix.values()
+        )
 
     # ------------------------------------------------------------ feeding
     def on_change(self, change: Change) -> None:
         """Store listener: remember the change and wake whoever it concerns."""
         if not self.log.append(encode_change(change)):
             return
+        self._shared.clear()  # rendered answers describe the previous revision
         service = change.service
-        future = self._by_service.pop(service, None)
-        if future is not None and not future.done():
-            future.set_result(None)
+        _wake(self._by_service.pop(service, None))
         for prefix in [p for p in self._by_prefix if service.startswith(p)]:
-            future = self._by_prefix.pop(prefix)
-            if not future.done():
-                future.set_result(None)
+            _wake(self._by_prefix.pop(prefix))
 
     async def close(self, _app: web.Application | None = None) -> None:
         """Release every waiter: streams end, blocking queries answer with what they have."""
         self.closed = True
-        for future in [*self._by_service.values(), *self._by_prefix.values()]:
-            if not future.done():
-                future.set_result(None)
+        for waiters in [*self._by_service.values(), *self._by_prefix.values()]:
+            _wake(waiters)
         self._by_service.clear()
         self._by_prefix.clear()
 
     # ------------------------------------------------------------ waiting
-    def _future(self, table: dict[str, asyncio.Future[None]], key: str) -> asyncio.Future[None]:
-        future = table.get(key)
-        if future is None or future.done():
-            future = asyncio.get_running_loop().create_future()
-            table[key] = future
-        return future
-
     async def _next(self, hold: float, *, service: str | None, prefix: str) -> bool:
-        """Sleep until a change under ``service``/``prefix``; False on timeout."""
+        """Sleep until a change under ``service``/``prefix``; False after ``hold`` seconds.
+
+        One future and one timer per wait, resolved directly by the change (or
+        the timer): cheaper than a shared future behind shield() and timeout(),
+        which matters when one change wakes a thousand streams.
+        """
         if self.closed:
             return True
-        future = (
-            self._future(self._by_service, service)
-            if service is not None
-            else self._future(self._by_prefix, prefix)
+        table, key = (
+            (self._by_service, service) if service is not None else (self._by_prefix, prefix)
         )
+        waiters = table.get(key)
+        if waiters is None:
+            waiters = table[key] = set()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[bool] = loop.create_future()
+        waiters.add(future)
+        timer = loop.call_later(hold, _resolve, future, False)
         try:
-            async with asyncio.timeout(hold):
-                # Shielded: the future is shared, a waiter's timeout must not cancel it.
-                await asyncio.shield(future)
-        except TimeoutError:
-            return False
-        return True
+            return await future
+        finally:
+            timer.cancel()
+            waiters.discard(future)
+            if not waiters and table.get(key) is waiters:
+                del table[key]
 
     async def wait(
         self, index: int, hold: float, *, service: str | None = None, prefix: str = ""
@@ -132,6 +142,7 @@ class EventHub:
         self, request: web.Request, handler: Handler
     ) -> web.StreamResponse:
         """``?index=N&wait=D`` on any GET holds it until a relevant change (SPEC §5)."""
+        key: _ShareKey | None = None
         if request.method in ("GET", "HEAD") and request.path != "/v1/events":
             index_text = request.query.get("index")
             if index_text is not None:
@@ -139,13 +150,48 @@ class EventHub:
                 hold = blocking_timeout(parse_wait(request.query.get("wait")), self.rng)
                 service, prefix = self._scope(request)
                 await self.wait(index, hold, service=service, prefix=prefix)
+                if request.method == "GET" and request.path.startswith("/v1/services"):
+                    key = (request.path, _query_key(request))
+                    shared = self._shared_response(key)
+                    if shared is not None:
+                        return shared
         # The revision this read saw: taken before the handler runs, so a change the
         # handler misses is never hidden behind a newer index.
         seen = self.log.head
         response = await handler(request)
         if INDEX_HEADER not in response.headers and not response.prepared:
             response.headers[INDEX_HEADER] = str(seen)
+        if key is not None and seen == self.log.head:
+            self._share(key, response)
         return response
+
+    def _shared_response(self, key: _ShareKey) -> web.Response | None:
+        """The answer rendered for an identical blocking read woken by the same change.
+
+        One change wakes every waiter on a service at once (a thundering herd):
+        they get the same bytes, rendered once. Entries live only while the
+        revision stands (``on_change`` drops them) and for :data:`SHARE_FOR`
+        seconds, so a lease deadline in a shared answer is at most that old.
+        """
+        entry = self._shared.get(key)
+        if entry is None:
+            return None
+        at, status, body, headers = entry
+        if asyncio.get_running_loop().time() - at > SHARE_FOR:
+            del self._shared[key]
+            return None
+        return web.Response(body=body, status=status, headers=headers)
+
+    def _share(self, key: _ShareKey, response: web.StreamResponse) -> None:
+        if (
+            isinstance(response, web.Response)
+            and response.status == 200
+            and isinstance(response.body, bytes)
+            and not response.prepared
+        ):
+            headers = {k: v for k, v in response.headers.items() if k != "Content-Length"}
+            at = asyncio.get_running_loop().time()
+            self._shared[key] = (at, response.status, response.body, headers)
 
     @staticmethod
     def _scope(request: web.Request) -> tuple[str | None, str]:
@@ -213,6 +259,21 @@ class EventHub:
             if self.closed or _gone(request):
                 return
             idle = not await self._next(self.keepalive, service=None, prefix=prefix)
+
+
+def _resolve(future: asyncio.Future[bool], woken: bool) -> None:
+    if not future.done():
+        future.set_result(woken)
+
+
+def _wake(waiters: set[asyncio.Future[bool]] | None) -> None:
+    for future in waiters or ():
+        _resolve(future, True)
+
+
+def _query_key(request: web.Request) -> tuple[tuple[str, str], ...]:
+    """The query without the blocking parameters: what the answer depends on."""
+    return tuple(sorted((k, v) for k, v in request.query.items() if k not in ("index", "wait")))
 
 
 def _gone(request: web.Request) -> bool:

@@ -150,6 +150,7 @@ async def test_blocking_query_ignores_other_services_and_times_out(srv: Running)
     assert body["revision"] == 2
     assert [i["id"] for i in body["instances"]] == ["a"]
     resp.close()
+    assert hub(srv.server).waiters == 0  # a timed-out wait leaves nothing behind
 
 
 async def test_blocking_list_with_prefix_and_stale_index(srv: Running) -> None:
