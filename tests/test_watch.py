@@ -248,3 +248,25 @@ async def test_stop_ends_open_streams_and_blocked_queries_promptly(tmp_path: Pat
         resp = await asyncio.wait_for(blocked, 2)
         assert resp.status == 200
         resp.close()
+
+
+async def test_waiters_woken_together_share_an_answer_but_never_a_stale_one(
+    srv: Running,
+) -> None:
+    await srv.register("web", "a")
+    url = f"{srv.base}/v1/services/web?index=1&wait=10s"
+    herd = [asyncio.create_task(srv.http.get(url)) for _ in range(5)]
+    await async_wait_until(lambda: hub(srv.server).blocked == 5)
+    await srv.register("web", "b")
+    bodies = []
+    for task in herd:
+        resp = await task
+        bodies.append(await resp.read())
+        resp.close()
+    assert len(set(bodies)) == 1  # one rendering, five readers
+    assert json.loads(bodies[0])["revision"] == 2
+    await srv.register("web", "c")  # a newer change: the shared answer is now stale
+    async with srv.http.get(url) as resp:
+        body = await resp.json()
+    assert body["revision"] == 3
+    assert [i["id"] for i in body["instances"]] == ["a", "b", "c"]
