@@ -109,14 +109,24 @@ def deregister_at(check: Check, status: CheckStatus) -> float | None:
 
 
 # ------------------------------------------------------------------ scheduling
+#: Phases are whole multiples of this (or of a tenth of a shorter interval).
+SCHEDULE_TICK = 0.02
+
+
 def spread_offset(key: str, interval: float) -> float:
     """A fixed phase in [0, interval) for the check named ``key``.
 
     Derived from a hash, so it is the same after a restart and the phases of
     many checks are spread evenly over the interval: no thundering herd.
+    Phases fall on a 20 ms tick so that checks due together wake the event
+    loop once: at 1 000 checks a second, a wakeup per check cost more CPU
+    than the checks' own bookkeeping. Every run still follows the previous
+    one by exactly the interval, so detection time does not change.
     """
     digest = hashlib.blake2b(key.encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big") / 2**64 * interval
+    tick = min(SCHEDULE_TICK, interval / 10)
+    slots = max(1, int(interval / tick))
+    return (int.from_bytes(digest, "big") * slots >> 64) * tick
 
 
 def next_run(now: float, interval: float, offset: float) -> float:
@@ -131,6 +141,17 @@ def next_run(now: float, interval: float, offset: float) -> float:
     if at <= now:  # float rounding right on a grid point
         at += interval
     return at
+
+
+def following_run(scheduled: float, now: float, interval: float, offset: float) -> float:
+    """When to run after the run that was due at ``scheduled`` and ended at ``now``.
+
+    Counted from the later of the two: an event loop's clock may be cached
+    and read a hair before the timer it just fired (uvloop's is, to the
+    millisecond), and "the grid point after now" would then be the same run
+    again. A run that overran its slot skips to the next grid point.
+    """
+    return next_run(max(scheduled, now), interval, offset)
 
 
 def first_run(now: float, interval: float, offset: float, *, fresh: bool) -> float:

@@ -10,6 +10,7 @@ import msgspec
 
 from dnsreg.durations import parse_duration
 from dnsreg.errors import InvalidInput
+from dnsreg.httpcheck import HttpTarget
 from dnsreg.model import (
     DEFAULT_DNS_TTL,
     MAX_LEASE_TTL,
@@ -95,6 +96,10 @@ def _check(body: CheckBody, n: int) -> Check:
     if body.http is not None:
         if not body.http.startswith(("http://", "https://")):
             raise InvalidInput(f"{where}.http: must be an http:// or https:// URL", field=where)
+        try:
+            HttpTarget.parse(body.http)
+        except ValueError as exc:
+            raise InvalidInput(f"{where}.http: {exc}", field=where) from exc
         kind: Literal["http", "tcp"] = "http"
         target = body.http
     else:

@@ -65,7 +65,7 @@ class Target:
     def url(self, path: str = "/health") -> str:
         return f"http://127.0.0.1:{self.port}{path}"
 
-    async def _handle(self, request: web.Request) -> web.Response:
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
         self.hits.append(time.monotonic())
         self.paths.append(request.path)
         mode = self.script.pop(0) if self.script else self.mode
@@ -74,6 +74,16 @@ class Target:
             mode = "200"
         if mode == "big":
             return web.Response(text="x" * 20_000)
+        if mode == "chunked":
+            resp = web.StreamResponse()
+            resp.enable_chunked_encoding()
+            await resp.prepare(request)
+            await resp.write(b"chunk one, ")
+            await resp.write(b"chunk two")
+            await resp.write_eof()
+            return resp
+        if mode == "302":
+            raise web.HTTPFound("/elsewhere")
         return web.Response(status=int(mode), text=f"target says {mode}")
 
 
@@ -753,3 +763,82 @@ async def test_self_preservation_off(serve: Serve, clock: FakeClock) -> None:
     assert len(await store.expire_now()) == 20
     async with r.http.get(f"{r.base}/v1/status") as resp:
         assert (await resp.json())["self_preservation"]["enabled"] is False
+
+
+# ------------------------------------------------------ odd answers, real sockets
+async def test_a_redirect_is_critical_not_followed(serve: Serve, target: Target) -> None:
+    r = await serve()
+    await r.register("web", "web-1", address="10.0.0.1", checks=[http_check(target.url())])
+    await within(BOUND, lambda: served(r, "10.0.0.1"))
+    target.mode = "302"
+    await within(BOUND, lambda: withdrawn(r, "10.0.0.1"))
+    output = (await instance(r, "web", "web-1"))["check_status"][0]["output"]
+    assert ": 302 Found" in output
+    assert target.paths[-1] == "/health"  # never asked for /elsewhere
+
+
+async def test_a_chunked_answer_is_read(serve: Serve, target: Target) -> None:
+    r = await serve()
+    target.mode = "chunked"
+    await r.register("web", "web-1", address="10.0.0.1", checks=[http_check(target.url())])
+    await within(BOUND, lambda: served(r, "10.0.0.1"))
+    output = (await instance(r, "web", "web-1"))["check_status"][0]["output"]
+    assert output.endswith(": 200 OK: chunk one, chunk two")
+
+
+async def test_a_server_that_does_not_speak_http_is_critical(serve: Serve) -> None:
+    replies = {"reply": b"SSH-2.0-OpenSSH_9.6\r\n\r\n"}
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(replies["reply"])
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        r = await serve()
+        url = f"http://127.0.0.1:{port}/health"
+        await r.register("web", "web-1", address="10.0.0.1", checks=[http_check(url)])
+        await within(BOUND, lambda: _ran(r, "web", "web-1"))
+        output = (await instance(r, "web", "web-1"))["check_status"][0]["output"]
+        assert "not an HTTP/1.x response: 'SSH-2.0-OpenSSH_9.6'" in output
+        assert not await served(r, "10.0.0.1")
+        replies["reply"] = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+        await within(BOUND, lambda: served(r, "10.0.0.1"))
+        replies["reply"] = b""  # accepts, reads the request, hangs up
+        await within(BOUND, lambda: withdrawn(r, "10.0.0.1"))
+        output = (await instance(r, "web", "web-1"))["check_status"][0]["output"]
+        assert "closed the connection without answering" in output
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+async def test_an_unusable_check_url_is_refused_at_registration(serve: Serve) -> None:
+    r = await serve()
+    url = f"{r.base}/v1/services/web/instances/web-1"
+    body = {"address": "10.0.0.1", "port": 80, "checks": [{"http": "http://host:99999/"}]}
+    async with r.http.put(url, json=body) as resp:
+        assert resp.status == 400
+        payload = await resp.json()
+    assert payload["detail"]["field"] == "checks[0]"
+
+
+async def test_the_real_entry_point_checks_on_its_own_event_loop(
+    spawn: Callable[..., Any], target: Target
+) -> None:
+    """``python -m dnsreg serve`` runs on uvloop: the same withdrawal over real sockets."""
+    proc = spawn()
+    async with aiohttp.ClientSession() as http:
+        r = Running(None, http, proc.base, proc.dns_port)  # type: ignore[arg-type]
+        await r.register("web", "web-1", address="10.0.0.1", checks=[http_check(target.url())])
+        await within(BOUND, lambda: served(r, "10.0.0.1"))
+        target.mode = "500"
+        await within(BOUND, lambda: withdrawn(r, "10.0.0.1"))
+        target.mode = "hang"
+        await asyncio.sleep(INTERVAL)
+        target.mode = "200"
+        await within(BOUND, lambda: served(r, "10.0.0.1"))
+    assert "passing -> critical" in proc.log_text()

@@ -15,6 +15,7 @@ from dnsreg.health_rules import (
     apply_result,
     deregister_at,
     first_run,
+    following_run,
     guard_verdict,
     http_verdict,
     is_lapsing,
@@ -168,6 +169,12 @@ def test_spread_offset_is_deterministic_and_within_the_interval() -> None:
         buckets[int(o)] += 1
     # No thundering herd: each tenth of the interval gets about a tenth of the checks.
     assert all(850 < b < 1150 for b in buckets), buckets
+    # Phases share a 20 ms tick (so checks due together wake the loop once).
+    assert all(abs(o / 0.02 - round(o / 0.02)) < 1e-6 for o in offsets)
+    assert len(set(offsets)) == 500
+    short = {spread_offset(f"svc/i{n}/0", 0.1) for n in range(1000)}
+    assert len(short) == 10  # a short interval still gets ten phases
+    assert all(0.0 <= o < 0.1 for o in short)
 
 
 def test_next_run_is_the_next_grid_point(clock: FakeClock) -> None:
@@ -180,6 +187,21 @@ def test_next_run_is_the_next_grid_point(clock: FakeClock) -> None:
     assert next_run(at, interval, offset) == pytest.approx(at + interval)
     # A run that took most of the interval is still followed on time.
     assert next_run(at + 9.99, interval, offset) == pytest.approx(at + interval)
+
+
+def test_following_run_never_repeats_a_slot_on_a_lagging_clock(clock: FakeClock) -> None:
+    interval, offset = 10.0, 3.0
+    at = next_run(clock(), interval, offset)
+    # The loop's clock reads a hair before the slot that just ran (a cached clock).
+    assert following_run(at, at - 0.0005, interval, offset) == pytest.approx(at + interval)
+    assert following_run(at, at + 0.2, interval, offset) == pytest.approx(at + interval)
+    # A run that overran a whole slot skips to the next one after now.
+    assert following_run(at, at + 12.0, interval, offset) == pytest.approx(at + 2 * interval)
+    # After a fresh first run (off the grid), the next run is the next grid point.
+    fresh = clock()
+    assert following_run(fresh, fresh + 0.01, interval, offset) == next_run(
+        fresh + 0.01, interval, offset
+    )
 
 
 def test_first_run_at_once_when_fresh_else_on_the_grid(clock: FakeClock) -> None:
