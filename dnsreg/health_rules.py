@@ -225,6 +225,7 @@ class ExpiryGuard:
         self.active = False
         self.since: float | None = None
         self.last: GuardVerdict | None = None
+        self.assessed_at: float | None = None
         self._recent: list[float] = []  # min-heap: when each recent expiry stops counting
 
     @property
@@ -255,6 +256,7 @@ class ExpiryGuard:
             self.since = None
         self.active = verdict.hold
         self.last = verdict
+        self.assessed_at = now
         return verdict
 
     def describe(self) -> dict[str, Any]:
@@ -267,4 +269,5 @@ class ExpiryGuard:
             "since": self.since,
             "lapsing": last.lapsing if last else 0,
             "leases": last.leases if last else 0,
+            "assessed_at": self.assessed_at,
         }

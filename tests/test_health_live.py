@@ -9,6 +9,7 @@ the event loop and the poll).
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import socket
 import time
@@ -22,6 +23,10 @@ import dns.rcode
 import pytest
 from aiohttp import web
 
+from dnsreg.health_rules import ExpiryGuard
+from dnsreg.model import Registration
+from dnsreg.registry import Registry
+from dnsreg.store.sqlite import SqliteStore
 from tests.conftest import FakeClock, Running, make_config, start_server
 
 INTERVAL = 0.2
@@ -842,3 +847,44 @@ async def test_the_real_entry_point_checks_on_its_own_event_loop(
         target.mode = "200"
         await within(BOUND, lambda: served(r, "10.0.0.1"))
     assert "passing -> critical" in proc.log_text()
+
+
+async def test_store_expires_churn_but_holds_a_mass_lapse(tmp_path: Path, clock: FakeClock) -> None:
+    """The SQLite store and a fake clock: instances dying one by one expire on time;
+    everyone going silent at once does not, until heartbeats return."""
+    registry = Registry()
+    store = SqliteStore(tmp_path / "registry.sqlite3", registry, clock)
+    store.expiry_guard = ExpiryGuard(0.5)
+    await store.start()
+    try:
+        for n in range(100):
+            await store.register(
+                Registration("web", f"w{n}", ipaddress.ip_address("10.0.6.1"), 80, ttl=30)
+            )
+        dead_at = {f"w{n}": n + 1 for n in range(10)}  # w0 stops heartbeating after t=1, ...
+        expired: dict[str, float] = {}
+        start = clock()
+        for _ in range(45):
+            clock.advance(1)
+            elapsed = clock() - start
+            for n in range(100):
+                iid = f"w{n}"
+                if iid not in expired and dead_at.get(iid, 10**9) >= elapsed:
+                    await store.heartbeat("web", iid)
+            for change in await store.expire_now():
+                expired[change.id] = clock() - start
+        assert expired == {iid: t + 30 for iid, t in dead_at.items()}  # each at its deadline
+        assert not store.self_preservation()["active"]
+        # Now everyone goes silent (the registry's own network, most likely).
+        clock.advance(30)
+        assert await store.expire_now() == []
+        assert store.self_preservation()["active"]
+        assert len(registry) == 90
+        # Heartbeats return for all but five: the guard lets go and those five expire.
+        for n in range(15, 100):
+            await store.heartbeat("web", f"w{n}")
+        gone = await store.expire_now()
+        assert sorted(c.id for c in gone) == [f"w{n}" for n in range(10, 15)]
+        assert not store.self_preservation()["active"]
+    finally:
+        await store.close()
