@@ -251,13 +251,12 @@ class Checker:
         after = apply_result(check, before, result)
         if after.state is not before.state:
             level = logging.WARNING if after.state is Health.CRITICAL else logging.INFO
-            log.log(
+            log.log(  # the output names the check: "HTTP GET <url>: 500 ..."
                 level,
-                "check %s/%s[%d] %s: %s -> %s: %s",
+                "check %s/%s[%d] %s -> %s: %s",
                 service,
                 instance_id,
                 index,
-                _what(check),
                 before.state.value,
                 after.state.value,
                 after.output,

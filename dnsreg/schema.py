@@ -24,13 +24,14 @@ Duration = float | str
 MAX_TAGS = 32
 MAX_META = 64
 MAX_CHECKS = 8
+DEFAULT_CHECK_TIMEOUT = 2.0
 
 
 class CheckBody(msgspec.Struct, forbid_unknown_fields=True):
     http: str | None = None
     tcp: str | None = None
     interval: Duration = 10.0
-    timeout: Duration = 2.0
+    timeout: Duration | None = None  # default: 2 s, or the interval when shorter
     rise: int = 1
     fall: int = 2
     deregister_after: Duration | None = None
@@ -109,7 +110,11 @@ def _check(body: CheckBody, n: int) -> Check:
             raise InvalidInput(f"{where}.tcp: must be HOST:PORT", field=where)
         kind, target = "tcp", body.tcp
     interval = parse_duration(body.interval, field=f"{where}.interval")
-    timeout = parse_duration(body.timeout, field=f"{where}.timeout")
+    timeout = (
+        parse_duration(body.timeout, field=f"{where}.timeout")
+        if body.timeout is not None
+        else min(DEFAULT_CHECK_TIMEOUT, interval)
+    )
     if interval < 0.1:
         raise InvalidInput(f"{where}.interval: at least 100ms", field=f"{where}.interval")
     if not 0 < timeout <= interval:

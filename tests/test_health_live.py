@@ -821,6 +821,20 @@ async def test_a_server_that_does_not_speak_http_is_critical(serve: Serve) -> No
         await server.wait_closed()
 
 
+async def test_the_default_timeout_fits_a_short_interval(serve: Serve, target: Target) -> None:
+    r = await serve()
+    check = {"http": target.url(), "interval": "500ms"}
+    reply = await r.register("web", "web-1", address="10.0.0.1", checks=[check])
+    assert reply["instance"]["checks"][0]["timeout"] == 0.5  # not the 2 s default
+    reply = await r.register("web", "web-2", address="10.0.0.2", checks=[{"http": target.url()}])
+    assert reply["instance"]["checks"][0]["timeout"] == 2.0
+    url = f"{r.base}/v1/services/web/instances/web-3"
+    body = {"address": "10.0.0.3", "port": 80, "checks": [{**check, "timeout": "1s"}]}
+    async with r.http.put(url, json=body) as resp:
+        assert resp.status == 400
+        assert (await resp.json())["detail"]["field"] == "checks[0].timeout"
+
+
 async def test_an_unusable_check_url_is_refused_at_registration(serve: Serve) -> None:
     r = await serve()
     url = f"{r.base}/v1/services/web/instances/web-1"
