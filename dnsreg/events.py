@@ -38,6 +38,7 @@ RECONNECT_MS = 1000  # the `retry:` hint for browsers' EventSource
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _ShareKey = tuple[str, tuple[tuple[str, str], ...]]
 SHARE_FOR = 0.5  # seconds a rendered blocking answer may be handed to other waiters
+SHARE_MAX = 1024  # rendered answers kept at once
 
 
 class EventHub:
@@ -189,6 +190,8 @@ class EventHub:
             and isinstance(response.body, bytes)
             and not response.prepared
         ):
+            if len(self._shared) >= SHARE_MAX:
+                self._shared.clear()  # bounded: distinct queries must not grow memory
             headers = {k: v for k, v in response.headers.items() if k != "Content-Length"}
             at = asyncio.get_running_loop().time()
             self._shared[key] = (at, response.status, response.body, headers)
