@@ -573,12 +573,13 @@ async def test_concurrency_is_bounded_and_dns_stays_responsive(serve: Serve) -> 
     await hole.start()
     try:
         check = {"http": f"http://127.0.0.1:{hole.port}/", "interval": 1.0, "timeout": 0.5}
+        await r.register("api", "a1", address="10.0.3.1")
+        start = time.monotonic()
         for n in range(20):
             await r.register("web", f"w{n}", address=f"10.0.2.{n + 1}", checks=[check])
-        await r.register("api", "a1", address="10.0.3.1")
 
         async def saturated() -> bool:
-            return hole.open == 4
+            return hole.open >= 4
 
         await within(1.0, saturated)
         # Twenty hanging probes, four at a time; DNS answers as usual meanwhile.
@@ -587,11 +588,13 @@ async def test_concurrency_is_bounded_and_dns_stays_responsive(serve: Serve) -> 
             t0 = time.monotonic()
             assert await answers(r, "api.service.local") == {"10.0.3.1"}
             assert time.monotonic() - t0 < 0.05
-            assert hole.open <= 4
             await asyncio.sleep(0.02)
-        assert hole.peak == 4
-        # Every one of them got its turn and timed out.
-        await within(5.0, lambda: _all_ran(r, 20))
+        # Every one of them got its turn and timed out: five waves of four, 0.5 s each.
+        await within(6.0, lambda: _all_ran(r, 20))
+        assert time.monotonic() - start >= 5 * 0.5 - 0.1
+        # The listener may see a new connection a moment before the FIN of the one
+        # it replaced: one over the bound at most, never twenty.
+        assert 4 <= hole.peak <= 5
     finally:
         await hole.stop()
 
