@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import sqlite3
 from collections.abc import Callable
@@ -22,9 +21,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import msgspec
+
 from dnsreg.errors import Unavailable
 from dnsreg.model import CheckStatus, Instance, Registration
-from dnsreg.registry import Change, Registry
+from dnsreg.registry import Change, ChangeKind, Registry
 from dnsreg.store.base import Store, instance_from_row, instance_to_row
 
 log = logging.getLogger("dnsreg.store.sqlite")
@@ -45,7 +46,9 @@ GUARD_REMIND = 60.0
 GUARD_REUSE = 0.25  # seconds a "do not hold" verdict stands
 
 # Pending write: (service, id, row or None for delete, revision).
-_Write = tuple[str, str, str | None, int]
+_Write = tuple[str, str, bytes | None, int]
+
+_encode = msgspec.json.Encoder().encode
 
 
 def create(url: str, *, data_dir: Path, registry: Registry, clock: Callable[[], float]) -> Store:
@@ -63,6 +66,7 @@ class SqliteStore(Store):
         self.path = path
         self._db: sqlite3.Connection | None = None
         self._pending: list[tuple[_Write, asyncio.Future[None]]] = []
+        self._changes: dict[asyncio.Future[None], Change] = {}
         self._flush_wanted = asyncio.Event()
         self._schedule_changed = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -81,7 +85,7 @@ class SqliteStore(Store):
         rows = db.execute("SELECT data FROM instances").fetchall()
         revision_row = db.execute("SELECT value FROM meta WHERE key='revision'").fetchone()
         for (data,) in rows:
-            self.registry.restore(instance_from_row(json.loads(data)), now)
+            self.registry.restore(instance_from_row(msgspec.json.decode(data)), now)
         self.registry.set_revision(int(revision_row[0]) if revision_row else 0)
         log.info(
             "store: sqlite at %s, %d instance(s) restored at revision %d",
@@ -216,9 +220,10 @@ class SqliteStore(Store):
         if self._db is None:
             raise Unavailable("the store is closed")
         self._publish(change)
-        row = json.dumps(instance_to_row(change.after)) if change.after is not None else None
+        row = _encode(instance_to_row(change.after)) if change.after is not None else None
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._pending.append(((change.service, change.id, row, change.revision), future))
+        self._changes[future] = change
         self._flush_wanted.set()
         await future
 
@@ -234,10 +239,12 @@ class SqliteStore(Store):
     async def _flush(self) -> None:
         batch, self._pending = self._pending, []
         writes = [w for w, _ in batch]
+        changes = [self._changes.pop(future) for _, future in batch]
         try:
             await asyncio.to_thread(self._write_batch, writes)
         except sqlite3.Error as exc:
             log.error("store: commit of %d change(s) failed: %s", len(batch), exc)
+            self._revert(changes)
             for _, future in batch:
                 if not future.done():
                     future.set_exception(Unavailable(f"the store could not commit: {exc}"))
@@ -245,6 +252,28 @@ class SqliteStore(Store):
         for _, future in batch:
             if not future.done():
                 future.set_result(None)
+
+    def _revert(self, changes: list[Change]) -> None:
+        """Take back changes that never became durable, so memory matches the disk.
+
+        A change is undone only while the instance still is what the change
+        made it; the undo is itself a change (new revision), so caches and
+        watchers that saw the failed one see it go.
+        """
+        for change in reversed(changes):
+            current = self.registry.get(change.service, change.id)
+            if current is not change.after:
+                continue
+            undo = Change(
+                ChangeKind.REPLACED if change.before is not None else ChangeKind.DEREGISTERED,
+                self.registry.revision + 1,
+                change.service,
+                change.id,
+                change.after,
+                change.before,
+            )
+            self.registry.apply(undo)
+            self._publish(undo)
 
     def _write_batch(self, writes: list[_Write]) -> None:
         db = self._db
