@@ -22,7 +22,17 @@ import time
 from pathlib import Path
 
 from bench import dnsperf, httpload
-from bench.servers import ZONE, Dnsmasq, Dnsreg, Instance, Nsd, Server, dataset, rss_mb
+from bench.servers import (
+    ZONE,
+    Dnsmasq,
+    Dnsreg,
+    Instance,
+    Nsd,
+    Server,
+    dataset,
+    rss_mb,
+    tree_cpu,
+)
 
 TOOLS = {"dnsperf": "dnsperf", "dnsmasq": "dnsmasq", "nsd": "nsd"}
 
@@ -137,12 +147,21 @@ class Bench:
                 httpload.register_request(i.service, i.id, i.address, i.port, ttl=600)
                 for i in dataset(services, per)
             ]
+            cpu = tree_cpu(server)
             result = asyncio.run(httpload.run(server.http_port, regs, self.args.http_clients))
+            cpu, used = tree_cpu(server), tree_cpu(server) - cpu
             self.extra["P4 instances"] = f"{len(regs)} in {services} services"
-            self.extra["P4 registrations/s"] = f"{result.rate:.0f} ({result.errors} errors)"
+            self.extra["P4 registrations/s"] = (
+                f"{result.rate:.0f} ({result.errors} errors; server CPU "
+                f"{used / len(regs) * 1e6:.0f} µs each, {used / result.seconds:.0%} of a core)"
+            )
             beats = [httpload.heartbeat_request(i.service, i.id) for i in dataset(services, per)]
             result = asyncio.run(httpload.run(server.http_port, beats, self.args.http_clients))
-            self.extra["P4 heartbeats/s"] = f"{result.rate:.0f} ({result.errors} errors)"
+            used = tree_cpu(server) - cpu
+            self.extra["P4 heartbeats/s"] = (
+                f"{result.rate:.0f} ({result.errors} errors; server CPU "
+                f"{used / len(beats) * 1e6:.0f} µs each, {used / result.seconds:.0%} of a core)"
+            )
             self.extra["P4 server RSS"] = f"{rss_mb(server.pid):.0f} MB"
             names = []
             for s in range(0, services, max(1, services // 1000)):
