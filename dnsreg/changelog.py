@@ -34,15 +34,29 @@ JITTER_FRACTION = 1 / 16  # as Consul: spreads a fleet's returns over the last 1
 _encoder = msgspec.json.Encoder()
 
 
-@dataclass(frozen=True, slots=True)
 class Event:
-    """One change, encoded once for every stream that will carry it."""
+    """One change, encoded at most once, and only if some stream carries it.
 
-    revision: int
-    kind: str
-    service: str
-    id: str
-    frame: bytes
+    Most changes are never streamed (no watcher of that prefix); encoding every
+    one eagerly cost more than the rest of a registration's bookkeeping.
+    """
+
+    __slots__ = ("_frame", "change", "id", "kind", "revision", "service")
+
+    def __init__(self, change: Change) -> None:
+        self.change = change
+        self.revision = change.revision
+        self.kind = change.kind.value
+        self.service = change.service
+        self.id = change.id
+        self._frame: bytes | None = None
+
+    @property
+    def frame(self) -> bytes:
+        if self._frame is None:
+            data = _encoder.encode(event_data(self.change)).decode()
+            self._frame = frame(id=self.revision, event=self.kind, data=data)
+        return self._frame
 
 
 def event_data(change: Change) -> dict[str, Any]:
@@ -57,14 +71,7 @@ def event_data(change: Change) -> dict[str, Any]:
 
 
 def encode_change(change: Change) -> Event:
-    data = _encoder.encode(event_data(change)).decode()
-    return Event(
-        revision=change.revision,
-        kind=change.kind.value,
-        service=change.service,
-        id=change.id,
-        frame=frame(id=change.revision, event=change.kind.value, data=data),
-    )
+    return Event(change)
 
 
 def reset_frame(head: int, since: int, floor: int) -> bytes:
