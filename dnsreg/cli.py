@@ -24,7 +24,12 @@ def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     p.add_argument("--store", metavar="URL", help="sqlite (default) or etcd://host:port,.../prefix")
     p.add_argument("--config", metavar="FILE", help="TOML file with any of these settings")
     p.add_argument("--advertise", metavar="IP[,IP]", help="addresses of ns.<domain>")
-    p.add_argument("--panic-threshold", dest="panic_threshold", metavar="FRACTION")
+    p.add_argument(
+        "--panic-threshold",
+        dest="panic_threshold",
+        metavar="FRACTION",
+        help="serve every live instance when the healthy share falls below this (off)",
+    )
     p.add_argument(
         "--expiry-guard", dest="expiry_guard", metavar="FRACTION|off",
         help="pause lease expiry when more than this share of leases lapse at once (0.5)",
@@ -33,7 +38,9 @@ def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         "--check-concurrency", dest="check_concurrency", type=int, metavar="N",
         help="health checks in flight at once (256)",
     )  # fmt: skip
-    p.add_argument("--max-answers", dest="max_answers", type=int, metavar="N")
+    p.add_argument(
+        "--max-answers", dest="max_answers", type=int, metavar="N", help="cap A/AAAA answers"
+    )
     p.add_argument(
         "--stale-after", dest="stale_after", metavar="DURATION",
         help="etcd store: mark DNS answers stale after this long without etcd (10s)",
