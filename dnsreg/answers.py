@@ -173,7 +173,7 @@ class _Lookup:
             service, proto = rel[0][1:], rel[1][1:]
             pool = [i for i in reg.instances(service).values() if i.reg.proto == proto]
             if pool:
-                return self._service_answer(service, pool, qname, qtype, srv_only=True)
+                return self._service_answer(service, pool, qname, qtype, types=(SRV,))
         if len(rel) == 1 and rel[0] in ("_tcp", "_udp"):
             proto = rel[0][1:]
             if any(i.reg.proto == proto for i in reg.all_instances()):
@@ -226,18 +226,27 @@ class _Lookup:
         qname: Name,
         qtype: int,
         *,
-        srv_only: bool = False,
+        types: tuple[int, ...] = (A, AAAA, SRV),
+        txt_of: Instance | None = None,
     ) -> Reply:
+        """Records of the served instances among ``pool``; NODATA when none is served."""
         served = self.registry.served(service, pool)
         instances = self._order(served.instances)
         b = _Builder()
         if served.panic:
             b.ede.append((EDE_OTHER, f"panic threshold: serving every live instance of {service}"))
-        types = (SRV,) if srv_only else (A, AAAA, SRV)
-        wanted = self._wanted(types, qtype, lambda t: bool(self._records_for(instances, t, qname)))
-        for rtype in wanted:
-            records = self._records_for(instances, rtype, qname)
-            b.answer.extend(records)
+
+        def records(rtype: int) -> list[Record]:
+            if rtype == TXT:
+                if txt_of is None or not instances or not txt_of.reg.meta:
+                    return []
+                # RFC 6763 §6.3: one "key=value" string per attribute.
+                strings = tuple(f"{k}={v}".encode()[:255] for k, v in txt_of.reg.meta)
+                return [Record(qname, TXT, txt_of.reg.dns_ttl, TXTData(strings))]
+            return self._records_for(instances, rtype, qname)
+
+        for rtype in self._wanted(types, qtype, lambda t: bool(records(t))):
+            b.answer.extend(records(rtype))
             if rtype == SRV:
                 b.additional.extend(self._target_addresses(instances))
         if not b.answer:
@@ -245,32 +254,9 @@ class _Lookup:
         return self._reply(Kind.ANSWER, b, scope=service)
 
     def _instance_answer(self, service: str, instance: Instance, qname: Name, qtype: int) -> Reply:
-        served = self.registry.served(service, (instance,))
-        b = _Builder()
-        if served.panic:
-            b.ede.append((EDE_OTHER, f"panic threshold: serving every live instance of {service}"))
-        if not served.instances:
-            return self._negative(Kind.NODATA, ede=b.ede)
-        inst = served.instances
-        meta = instance.reg.meta
-        ttl = instance.reg.dns_ttl
-
-        def records(rtype: int) -> list[Record]:
-            if rtype == TXT:
-                if not meta:
-                    return []
-                # RFC 6763 §6.3: one "key=value" string per attribute.
-                strings = tuple(f"{k}={v}".encode()[:255] for k, v in meta)
-                return [Record(qname, TXT, ttl, TXTData(strings))]
-            return self._records_for(inst, rtype, qname)
-
-        for rtype in self._wanted((A, AAAA, SRV, TXT), qtype, lambda t: bool(records(t))):
-            b.answer.extend(records(rtype))
-            if rtype == SRV:
-                b.additional.extend(self._target_addresses(inst))
-        if not b.answer:
-            return self._negative(Kind.NODATA, ede=b.ede)
-        return self._reply(Kind.ANSWER, b, scope=service)
+        return self._service_answer(
+            service, (instance,), qname, qtype, types=(A, AAAA, SRV, TXT), txt_of=instance
+        )
 
     # ------------------------------------------------------------ static zones
     def _static(self, zone: StaticZone, qname: Name, qtype: int, chain: int) -> Reply:
