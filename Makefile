@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck pytest bench bench-quick clean
+.PHONY: run test lint typecheck pytest bench bench-quick bench-health bench-watch clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -32,6 +32,14 @@ bench: $(STAMP)
 
 bench-quick: $(STAMP)
 	$(BIN)/python -m bench --quick
+	$(BIN)/python -m bench.health --quick
+	$(BIN)/python -m bench.watch --quick
+
+bench-health: $(STAMP)
+	$(BIN)/python -m bench.health $(BENCH_ARGS)
+
+bench-watch: $(STAMP)
+	$(BIN)/python -m bench.watch $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
