@@ -116,26 +116,27 @@ class Bench:
 
     def _churn(self, server: Dnsreg) -> dnsperf.Result:
         """P2: dnsperf while a registration changes every 10 ms (each invalidates a service)."""
-        stop = threading.Event()
-        changes = [0]
 
-        def churn() -> None:
-            n = 0
-            while not stop.is_set():
-                s = n % 10
-                server.register(Instance(f"svc{s}", "churn", f"10.200.0.{n % 250 + 1}", 9000), 0)
-                changes[0] += 1
-                n += 1
-                stop.wait(0.01)
+        def change(n: int) -> httpload.Request:
+            return httpload.register_request(
+                f"svc{n % 10}", "churn", f"10.200.0.{n % 250 + 1}", 9000, ttl=0
+            )
 
-        thread = threading.Thread(target=churn, daemon=True)
+        outcome: list[httpload.LoadResult] = []
+        thread = threading.Thread(
+            target=lambda: outcome.append(
+                asyncio.run(httpload.paced(server.http_port, change, 0.01, self.seconds))
+            ),
+            daemon=True,
+        )
         thread.start()
         try:
-            return dnsperf.run(server, self.queries, self.seconds)
+            return dnsperf.run(server, self.queries, self.seconds, warmup=False)
         finally:
-            stop.set()
             thread.join()
-            self.extra["P2 changes/s"] = f"{changes[0] / self.seconds:.0f}"
+            done = outcome[0] if outcome else None
+            if done is not None:
+                self.extra["P2 changes/s"] = f"{done.rate:.0f} ({done.errors} errors)"
 
     # --------------------------------------------------------------------- P4
     def scale(self) -> None:

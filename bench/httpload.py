@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 
@@ -37,24 +37,68 @@ class LoadResult:
         return self.requests / self.seconds if self.seconds else 0.0
 
 
+async def _exchange(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, req: Request
+) -> bool:
+    """Send one request on a keep-alive connection; True for a 2xx."""
+    writer.write(req.encode())
+    status_line = await reader.readline()
+    length = 0
+    while True:
+        line = await reader.readline()
+        if line in (b"\r\n", b""):
+            break
+        if line.lower().startswith(b"content-length:"):
+            length = int(line.split(b":", 1)[1])
+    await reader.readexactly(length)
+    return status_line.startswith(b"HTTP/1.1 2")
+
+
 async def _connection(port: int, requests: Sequence[Request], errors: list[int]) -> None:
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     try:
         for req in requests:
-            writer.write(req.encode())
-            status_line = await reader.readline()
-            length = 0
-            while True:
-                line = await reader.readline()
-                if line in (b"\r\n", b""):
-                    break
-                if line.lower().startswith(b"content-length:"):
-                    length = int(line.split(b":", 1)[1])
-            await reader.readexactly(length)
-            if not status_line.startswith(b"HTTP/1.1 2"):
+            if not await _exchange(reader, writer, req):
                 errors.append(1)
     finally:
         writer.close()
+
+
+async def paced(
+    port: int, make: Callable[[int], Request], interval: float, seconds: float, pool: int = 8
+) -> LoadResult:
+    """Start request ``make(n)`` every ``interval`` seconds for ``seconds``, whatever the
+    server's latency (up to ``pool`` in flight): a steady change rate, not a closed loop."""
+    conns = [await asyncio.open_connection("127.0.0.1", port) for _ in range(pool)]
+    idle: asyncio.Queue[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = asyncio.Queue()
+    for conn in conns:
+        idle.put_nowait(conn)
+    errors: list[int] = []
+    done = 0
+
+    async def one(n: int) -> None:
+        nonlocal done
+        conn = await idle.get()
+        try:
+            if not await _exchange(*conn, make(n)):
+                errors.append(1)
+            done += 1
+        finally:
+            idle.put_nowait(conn)
+
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    tasks = []
+    n = 0
+    while loop.time() - start < seconds:
+        tasks.append(asyncio.create_task(one(n)))
+        n += 1
+        await asyncio.sleep(max(0.0, start + n * interval - loop.time()))
+    await asyncio.gather(*tasks)
+    elapsed = loop.time() - start
+    for _, writer in conns:
+        writer.close()
+    return LoadResult(done, len(errors), elapsed)
 
 
 async def run(port: int, requests: Sequence[Request], connections: int) -> LoadResult:
