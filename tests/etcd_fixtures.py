@@ -246,13 +246,17 @@ async def etcd_cluster(root: Path, size: int = 1) -> AsyncIterator[EtcdCluster]:
         await cluster.close()  # waits for every member to exit before tmp_path goes
 
 
-@pytest.fixture(name="etcd")
-async def etcd_fixture(tmp_path: Path) -> AsyncIterator[EtcdCluster]:
-    """One etcd member on free loopback ports, in a temporary data dir."""
+def _require_etcd() -> None:
     if ETCD is None:
         pytest.skip(
             "etcd is not installed: apt-get install etcd-server (Debian; .ci/run does this)"
         )
+
+
+@pytest.fixture(name="etcd")
+async def etcd_fixture(tmp_path: Path) -> AsyncIterator[EtcdCluster]:
+    """One etcd member on free loopback ports, in a temporary data dir."""
+    _require_etcd()
     async with etcd_cluster(tmp_path / "etcd", 1) as cluster:
         yield cluster
 
@@ -260,10 +264,7 @@ async def etcd_fixture(tmp_path: Path) -> AsyncIterator[EtcdCluster]:
 @pytest.fixture(name="etcd3")
 async def etcd3_fixture(tmp_path: Path) -> AsyncIterator[EtcdCluster]:
     """A three-member etcd cluster on free loopback ports."""
-    if ETCD is None:
-        pytest.skip(
-            "etcd is not installed: apt-get install etcd-server (Debian; .ci/run does this)"
-        )
+    _require_etcd()
     async with etcd_cluster(tmp_path / "etcd3", 3) as cluster:
         yield cluster
 
