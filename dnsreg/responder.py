@@ -69,7 +69,9 @@ class Responder:
                     current = self.static_generation
                 else:
                     current = registry.service_revision(scope)
-                if entry.stamp != current or entry.stale_marked is not self.stale:
+                if entry.stamp != current or (
+                    entry.stale_marked is not self.stale and scope != Scope.STATIC
+                ):
                     entry = None
                 elif not entry.shuffled or len(entry.variants) >= VARIANTS:
                     # Hot path: the client's id and question spliced into a stored reply.
@@ -94,7 +96,8 @@ class Responder:
             self.settings,
             self.rng,
         )
-        if self.stale:
+        if self.stale and reply.scope != Scope.STATIC:
+            # Zone-file answers do not come from the registry: they cannot be stale.
             reply = _mark_stale(reply)
         wire = encode_reply(query, reply, size_limit(query, tcp))
         rcode = wire[3] & 0xF
@@ -109,7 +112,7 @@ class Responder:
                     Entry(
                         scope=reply.scope,
                         stamp=self._stamp(reply.scope),
-                        stale_marked=self.stale,
+                        stale_marked=self.stale and reply.scope != Scope.STATIC,
                         rcode=rcode,
                         variants=[template],
                         shuffled=reply.scope not in (Scope.GLOBAL, Scope.STATIC)

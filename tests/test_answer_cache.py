@@ -183,3 +183,15 @@ def test_stale_marking_is_part_of_the_cached_reply(setup: tuple[Registry, Respon
     assert ede.otype == 15
     responder.stale = False
     assert not ask(responder, "db.service.local", use_edns=0).options
+
+
+def test_zone_file_answers_are_never_marked_stale(setup: tuple[Registry, Responder]) -> None:
+    _, responder = setup
+    zone = zones_from_text(
+        "$TTL 60\n@ IN SOA ns h 1 2 3 4 5\n@ IN NS ns\nns IN A 192.0.2.1\n", "example.test", ORIGIN
+    )
+    responder.static = StaticZones({zone.origin: zone})
+    responder.stale = True
+    for _ in range(2):  # built, then from the cache
+        assert not ask(responder, "ns.example.test", use_edns=0).options
+        assert ask(responder, "db.service.local", use_edns=0).options  # registry data: marked
