@@ -145,6 +145,18 @@ def spawn_server(workdir: Path, *args: str, timeout: float = 15.0) -> Process:
     raise RuntimeError(f"server did not start:\n{log.read_text()}")
 
 
+@contextlib.contextmanager
+def server_process(workdir: Path) -> Iterator[Process]:
+    """A ``dnsreg serve`` process in ``workdir`` for as long as the block runs."""
+    (workdir / "zones").mkdir(exist_ok=True)
+    proc = spawn_server(workdir)
+    try:
+        yield proc
+    finally:
+        proc.proc.terminate()
+        proc.proc.wait(timeout=10)
+
+
 @pytest.fixture
 def spawn(tmp_path: Path) -> Iterator[Any]:
     procs: list[Process] = []

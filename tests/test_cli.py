@@ -14,17 +14,13 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import Process, spawn_server, wait_until
+from tests.conftest import Process, server_process, wait_until
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Process]:
-    workdir = tmp_path_factory.mktemp("cli")
-    (workdir / "zones").mkdir()
-    proc = spawn_server(workdir)
-    yield proc
-    proc.proc.terminate()
-    proc.proc.wait(timeout=10)
+    with server_process(tmp_path_factory.mktemp("cli")) as proc:
+        yield proc
 
 
 def env_for(server: Process) -> dict[str, str]:

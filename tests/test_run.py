@@ -20,17 +20,13 @@ import dns.rcode
 import pytest
 
 from dnsreg.runner import exit_status
-from tests.conftest import Process, spawn_server, wait_until
+from tests.conftest import Process, server_process, wait_until
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Process]:
-    workdir = tmp_path_factory.mktemp("run")
-    (workdir / "zones").mkdir()
-    proc = spawn_server(workdir)
-    yield proc
-    proc.proc.terminate()
-    proc.proc.wait(timeout=10)
+    with server_process(tmp_path_factory.mktemp("run")) as proc:
+        yield proc
 
 
 def free_port() -> int:
