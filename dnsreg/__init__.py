@@ -1,8 +1,11 @@
 """dnsreg: DNS-based service discovery.
 
-Pure core (no sockets, no asyncio, time passed in as ``now``):
-``names``, ``durations``, ``model``, ``registry``, ``zones``, ``answers``, ``wire``.
-I/O shell: ``store``, ``dnsserver``, ``api``, ``app`` (the composition root), ``cli``.
+Feature folders, a pure core and an I/O shell (README, "How it is built"):
+``core`` (model, names, registry, leases, revision; pure), ``dns`` (answers,
+wire codec, zones, cache; the UDP/TCP server), ``http`` (the API, events,
+metrics), ``health`` (rules, probe, checker), ``store`` (SQLite, etcd),
+``client`` (the Python client, CLI client commands, ``run``, registrar).
+At the top: ``app`` (the composition root), ``cli``, ``config``.
 """
 
 __version__ = "0.1.0"

@@ -15,19 +15,21 @@ from typing import Any
 
 from aiohttp import web
 
-from dnsreg.answers import Settings
-from dnsreg.api import Api
 from dnsreg.config import Config
-from dnsreg.dnsserver import DnsServer
-from dnsreg.errors import ZoneError
-from dnsreg.health import Checker, PanicWatch
-from dnsreg.health_rules import ExpiryGuard
-from dnsreg.metrics import Metrics
-from dnsreg.names import to_text
-from dnsreg.registry import Registry
-from dnsreg.responder import Responder
+from dnsreg.core.errors import ZoneError
+from dnsreg.core.names import to_text
+from dnsreg.core.preservation import ExpiryGuard
+from dnsreg.core.registry import Registry
+from dnsreg.dns.answers import Settings
+from dnsreg.dns.metrics import ResponderCollector
+from dnsreg.dns.responder import Responder
+from dnsreg.dns.server import DnsServer
+from dnsreg.dns.zones import StaticZones, load_zones
+from dnsreg.health.checker import Checker, PanicWatch
+from dnsreg.health.metrics import HealthCollector
+from dnsreg.http.api import Api
+from dnsreg.http.metrics import Metrics
 from dnsreg.store import Store, open_store
-from dnsreg.zones import StaticZones, load_zones
 
 log = logging.getLogger("dnsreg")
 
@@ -87,8 +89,9 @@ class Server:
             )
             self.dns_port = await self.dns.start(cfg.dns.host, cfg.dns.port)
             # 4. HTTP.
-            metrics = Metrics(self.registry, lambda: self.responder)
-            metrics.watch_health(lambda: self.store, lambda: self.checker, lambda: self.panic_watch)
+            metrics = Metrics(self.registry, lambda: self.store)
+            metrics.add(ResponderCollector(lambda: self.responder))
+            metrics.add(HealthCollector(lambda: self.checker, lambda: self.panic_watch))
             api = Api(
                 self.registry,
                 self.store,

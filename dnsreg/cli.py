@@ -9,9 +9,9 @@ import sys
 from collections.abc import Sequence
 
 from dnsreg import __version__
-from dnsreg.clicmds import COMMANDS, add_commands, run_command
+from dnsreg.client.commands import COMMANDS, add_commands, run_command
 from dnsreg.config import load_config
-from dnsreg.errors import DnsregError
+from dnsreg.core.errors import DnsregError
 
 
 def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

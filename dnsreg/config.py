@@ -10,9 +10,9 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
-from dnsreg.durations import parse_duration
-from dnsreg.errors import ConfigError, InvalidInput
-from dnsreg.names import check_label, parse_name
+from dnsreg.core.durations import parse_duration
+from dnsreg.core.errors import ConfigError, InvalidInput
+from dnsreg.core.names import check_label, parse_name
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import Process, server_process, wait_until
+from tests.helpers import Process, server_process, wait_until
 
 
 @pytest.fixture(scope="module")

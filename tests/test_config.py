@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from dnsreg.config import HostPort, load_config
-from dnsreg.errors import ConfigError
+from dnsreg.core.errors import ConfigError
 
 README_EXAMPLE = """
 dns = "0.0.0.0:53"

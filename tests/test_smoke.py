@@ -5,7 +5,7 @@ from __future__ import annotations
 import dns.rcode
 import dns.rdatatype
 
-from tests.conftest import Running
+from tests.helpers import Running
 
 
 async def test_register_then_resolve_srv_with_glue(running: Running) -> None:

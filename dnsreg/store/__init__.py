@@ -2,6 +2,11 @@
 
 Backends are imported lazily (as dnspython's ``asyncbackend`` does), so the
 etcd client code is loaded only when an ``etcd://`` URL asks for it.
+
+Holds the interface (:mod:`base`), the embedded SQLite store (:mod:`sqlite`) and
+the etcd store (:mod:`etcd`, with its pure codec in :mod:`etcd_codec` and its
+client of etcd's JSON gateway in :mod:`etcd_client`). May import
+:mod:`dnsreg.core` only: the DNS, HTTP and health packages sit above it.
 """
 
 from __future__ import annotations
@@ -11,8 +16,8 @@ from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from dnsreg.errors import ConfigError
-from dnsreg.registry import Registry
+from dnsreg.core.errors import ConfigError
+from dnsreg.core.registry import Registry
 from dnsreg.store.base import Store
 
 _BACKENDS = {

@@ -1,7 +1,7 @@
 """The store interface: every change to the registry flows through a store.
 
 A store owns durability and leases. Writes go through it; it applies each
-change to the in-memory :class:`~dnsreg.registry.Registry` (the view DNS
+change to the in-memory :class:`~dnsreg.core.registry.Registry` (the view DNS
 answers from) and returns only once the change is durable. A distributed
 store applies changes it learns from its backend's change stream the same
 way, so DNS never reads the backend per query.
@@ -14,9 +14,9 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from dnsreg.health_rules import ExpiryGuard
-from dnsreg.model import CheckStatus, Instance, Registration
-from dnsreg.registry import Change, Registry
+from dnsreg.core.model import CheckStatus, Instance, Registration
+from dnsreg.core.preservation import ExpiryGuard
+from dnsreg.core.registry import Change, Registry
 
 log = logging.getLogger("dnsreg.store")
 

@@ -25,8 +25,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from dnsreg.model import CheckStatus, Instance, Registration
-from dnsreg.registry import Change, ChangeKind
+from dnsreg.core.model import CheckStatus, Instance, Registration
+from dnsreg.core.registry import Change, ChangeKind
 
 INSTANCES = "instances"
 NODES = "nodes"

@@ -23,9 +23,9 @@ from urllib.parse import urlsplit
 
 import msgspec
 
-from dnsreg.errors import Unavailable
-from dnsreg.model import CheckStatus, Instance, Registration
-from dnsreg.registry import Change, ChangeKind, Registry
+from dnsreg.core.errors import Unavailable
+from dnsreg.core.model import CheckStatus, Instance, Registration
+from dnsreg.core.registry import Change, ChangeKind, Registry
 from dnsreg.store.base import Store, instance_from_row, instance_to_row
 
 log = logging.getLogger("dnsreg.store.sqlite")

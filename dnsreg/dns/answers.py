@@ -1,0 +1,499 @@
+"""The answer builder: one pure function from a question and the data to a reply.
+
+``answer(question, registry, static, settings, rng)`` decides everything a
+reply says: its kind (answer, NXDOMAIN, NODATA, REFUSED, referral), its
+sections and whether it is authoritative. It reads no clock and no socket;
+the shuffle takes its randomness from the ``rng`` passed in. The DNS server
+only decodes the query, calls this, and encodes the result (``wire``).
+"""
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+import math
+import random
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from dnsreg.core.model import Instance
+from dnsreg.core.names import Name, is_subdomain, relative
+from dnsreg.core.registry import Registry
+from dnsreg.dns.records import (
+    AAAA,
+    ANY,
+    AXFR,
+    CNAME,
+    IN,
+    IXFR,
+    NS,
+    SOA,
+    SRV,
+    TXT,
+    A,
+    Address,
+    MXData,
+    Record,
+    SOAData,
+    SRVData,
+    Target,
+    TXTData,
+)
+from dnsreg.dns.zones import StaticZone, StaticZones
+
+MAX_CNAME_CHAIN = 8
+EDE_OTHER = 0  # RFC 8914 §4.1
+
+
+class Kind(enum.Enum):
+    ANSWER = "answer"
+    NXDOMAIN = "nxdomain"
+    NODATA = "nodata"
+    REFERRAL = "referral"
+    REFUSED = "refused"
+
+
+class Scope:
+    """What an answer depends on, so a cache knows when it goes stale.
+
+    ``STATIC``: only the zone files. ``GLOBAL``: the registry revision (every
+    negative answer carries the SOA, whose serial is the revision). Any other
+    value is a service name: the answer moves only when that service does.
+    """
+
+    STATIC = "\0static"
+    GLOBAL = "\0global"
+
+
+@dataclass(frozen=True, slots=True)
+class Question:
+    name: Name  # folded to lower case
+    qtype: int
+    qclass: int = IN
+    tcp: bool = False  # ANY gets a minimal reply over UDP only (RFC 8482 §4.1)
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    kind: Kind
+    answer: tuple[Record, ...] = ()
+    authority: tuple[Record, ...] = ()
+    additional: tuple[Record, ...] = ()
+    authoritative: bool = True
+    ede: tuple[tuple[int, str], ...] = ()
+    scope: str = Scope.GLOBAL
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """The parts of the configuration that shape answers."""
+
+    origin: Name
+    ns_addresses: tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, ...] = (
+        ipaddress.IPv4Address("127.0.0.1"),
+    )
+    negative_ttl: int = 5
+    ns_ttl: int = 3600
+    max_answers: int | None = None
+    soa_refresh: int = 3600
+    soa_retry: int = 600
+    soa_expire: int = 86400
+    hostmaster: str = "hostmaster"
+    ns_label: str = "ns"
+
+    @property
+    def ns_name(self) -> Name:
+        return (self.ns_label, *self.origin)
+
+
+@dataclass(slots=True)
+class _Builder:
+    """Sections as they are filled; turned into an immutable Reply at the end."""
+
+    answer: list[Record] = field(default_factory=list)
+    additional: list[Record] = field(default_factory=list)
+    ede: list[tuple[int, str]] = field(default_factory=list)
+
+
+def answer(
+    q: Question,
+    registry: Registry,
+    static: StaticZones,
+    settings: Settings,
+    rng: random.Random,
+) -> Reply:
+    """Build the reply to ``q``. Total: every question gets a reply kind."""
+    if q.qclass not in (IN, ANY):
+        return Reply(Kind.REFUSED, authoritative=False, scope=Scope.STATIC)
+    if q.qtype in (AXFR, IXFR):
+        # Zone transfers are not offered (yet): RFC 5936 §2.2.1 allows REFUSED.
+        return Reply(Kind.REFUSED, authoritative=False, scope=Scope.STATIC)
+    return _Lookup(registry, static, settings, rng, q.tcp).resolve(q.name, q.qtype)
+
+
+class _Lookup:
+    def __init__(
+        self,
+        registry: Registry,
+        static: StaticZones,
+        settings: Settings,
+        rng: random.Random,
+        tcp: bool,
+    ) -> None:
+        self.registry = registry
+        self.static = static
+        self.settings = settings
+        self.rng = rng
+        self.tcp = tcp
+
+    # --------------------------------------------------------------- routing
+    def resolve(self, qname: Name, qtype: int) -> Reply:
+        origin = self.settings.origin
+        zone = self.static.find(qname)
+        if is_subdomain(qname, origin) and (zone is None or len(zone.origin) <= len(origin)):
+            return self._dynamic(qname, qtype)
+        if zone is not None:
+            return self._static(zone, qname, qtype, chain=0)
+        return Reply(Kind.REFUSED, authoritative=False, scope=Scope.STATIC)
+
+    # ------------------------------------------------------------ dynamic zone
+    def _dynamic(self, qname: Name, qtype: int) -> Reply:
+        s = self.settings
+        rel = relative(qname, s.origin)
+        reg = self.registry
+        if not rel:
+            return self._apex(qtype)
+        if rel == (s.ns_label,):
+            records = self._rrset(qname, qtype, self._ns_address_records())
+            return self._positive(records, qname, scope=Scope.STATIC)
+        service = rel[-1]
+        if reg.has_service(service):
+            return self._service_node(service, rel[:-1], qname, qtype)
+        if len(rel) == 2 and rel[1] in ("_tcp", "_udp") and rel[0].startswith("_"):
+            service, proto = rel[0][1:], rel[1][1:]
+            pool = [i for i in reg.instances(service).values() if i.reg.proto == proto]
+            if pool:
+                return self._service_answer(service, pool, qname, qtype, types=(SRV,))
+        if len(rel) == 1 and rel[0] in ("_tcp", "_udp"):
+            proto = rel[0][1:]
+            if any(i.reg.proto == proto for i in reg.all_instances()):
+                return self._negative(Kind.NODATA)  # empty non-terminal above _svc._proto
+        zone = self.static.zones.get(s.origin)
+        if zone is not None:
+            return self._static(zone, qname, qtype, chain=0)
+        return self._negative(Kind.NXDOMAIN)
+
+    def _apex(self, qtype: int) -> Reply:
+        s = self.settings
+        apex = s.origin
+        soa = [self._soa_record()]
+        ns = [Record(apex, NS, s.ns_ttl, Target(s.ns_name))]
+        static_zone = self.static.zones.get(apex)
+        extra = static_zone.rrsets(apex) if static_zone is not None else {}
+        by_type: dict[int, list[Record]] = {SOA: soa, NS: ns}
+        for rtype, records in extra.items():
+            by_type.setdefault(rtype, []).extend(records)
+        chosen = self._any(by_type) if qtype == ANY else by_type.get(qtype, [])
+        if not chosen:
+            return self._negative(Kind.NODATA)
+        b = _Builder(answer=list(chosen))
+        if any(r.rtype == NS for r in chosen):
+            b.additional.extend(self._ns_address_records())
+        # The SOA serial is the revision: apex answers move with every change.
+        return self._reply(Kind.ANSWER, b, scope=Scope.GLOBAL)
+
+    def _service_node(self, service: str, left: Name, qname: Name, qtype: int) -> Reply:
+        reg = self.registry
+        if not left:
+            return self._service_answer(service, reg.instances(service).values(), qname, qtype)
+        if len(left) == 1:
+            label = left[0]
+            instance = reg.get(service, label)
+            if instance is not None:
+                return self._instance_answer(service, instance, qname, qtype)
+            if reg.has_tag(service, label):
+                return self._service_answer(service, reg.tagged(service, left), qname, qtype)
+            return self._negative(Kind.NXDOMAIN)
+        pool = reg.tagged(service, left)
+        if not pool:
+            return self._negative(Kind.NXDOMAIN)
+        return self._service_answer(service, pool, qname, qtype)
+
+    def _service_answer(
+        self,
+        service: str,
+        pool: Iterable[Instance],
+        qname: Name,
+        qtype: int,
+        *,
+        types: tuple[int, ...] = (A, AAAA, SRV),
+        txt_of: Instance | None = None,
+    ) -> Reply:
+        """Records of the served instances among ``pool``; NODATA when none is served."""
+        served = self.registry.served(service, pool)
+        instances = self._order(served.instances)
+        b = _Builder()
+        if served.panic:
+            b.ede.append((EDE_OTHER, f"panic threshold: serving every live instance of {service}"))
+
+        def records(rtype: int) -> list[Record]:
+            if rtype == TXT:
+                if txt_of is None or not instances or not txt_of.reg.meta:
+                    return []
+                # RFC 6763 §6.3: one "key=value" string per attribute.
+                strings = tuple(f"{k}={v}".encode()[:255] for k, v in txt_of.reg.meta)
+                return [Record(qname, TXT, txt_of.reg.dns_ttl, TXTData(strings))]
+            return self._records_for(instances, rtype, qname)
+
+        for rtype in self._wanted(types, qtype, lambda t: bool(records(t))):
+            b.answer.extend(records(rtype))
+            if rtype == SRV:
+                b.additional.extend(self._target_addresses(instances))
+        if not b.answer:
+            return self._negative(Kind.NODATA, ede=b.ede)
+        return self._reply(Kind.ANSWER, b, scope=service)
+
+    def _instance_answer(self, service: str, instance: Instance, qname: Name, qtype: int) -> Reply:
+        return self._service_answer(
+            service, (instance,), qname, qtype, types=(A, AAAA, SRV, TXT), txt_of=instance
+        )
+
+    # ------------------------------------------------------------ static zones
+    def _static(self, zone: StaticZone, qname: Name, qtype: int, chain: int) -> Reply:
+        # A file for the dynamic zone has no SOA of its own: the generated one
+        # (serial = revision) stands in, so its negative answers are GLOBAL.
+        soa = zone.soa
+        neg_scope = Scope.STATIC if soa is not None else Scope.GLOBAL
+        # A delegation point between the apex and the name: refer, not answer (RFC 1034 §4.3.2).
+        rel = relative(qname, zone.origin)
+        for depth in range(len(rel), 0, -1):
+            cut = qname[depth - 1 :]
+            ns_set = zone.rrsets(cut).get(NS)
+            if ns_set:
+                glue = [
+                    r
+                    for ns in ns_set
+                    if isinstance(ns.rdata, Target)
+                    for r in self._static_addresses(ns.rdata.target)
+                ]
+                return Reply(
+                    Kind.REFERRAL,
+                    authority=tuple(ns_set),
+                    additional=tuple(glue),
+                    authoritative=False,
+                    scope=Scope.STATIC,
+                )
+        scope = Scope.STATIC
+        rrsets = zone.rrsets(qname)
+        synthesized = False
+        if not rrsets and qname not in zone.names:
+            rrsets = self._wildcard(zone, qname)
+            synthesized = bool(rrsets)
+            if not rrsets:
+                return self._negative(Kind.NXDOMAIN, soa=soa, scope=neg_scope)
+        if not rrsets:
+            return self._negative(Kind.NODATA, soa=soa, scope=neg_scope)
+        b = _Builder()
+        if qtype == ANY:
+            chosen = self._any(rrsets)
+        elif qtype in rrsets:
+            chosen = list(rrsets[qtype])
+        elif CNAME in rrsets:
+            chosen = list(rrsets[CNAME])
+        else:
+            return self._negative(Kind.NODATA, soa=soa, scope=neg_scope)
+        if synthesized:
+            chosen = [Record(qname, r.rtype, r.ttl, r.rdata) for r in chosen]
+        b.answer.extend(chosen)
+        for r in chosen:
+            if isinstance(r.rdata, MXData):
+                b.additional.extend(self._static_addresses(r.rdata.exchange))
+            elif isinstance(r.rdata, SRVData) or (r.rtype == NS and isinstance(r.rdata, Target)):
+                target = r.rdata.target
+                b.additional.extend(self._static_addresses(target))
+        if chosen and chosen[0].rtype == CNAME and qtype not in (CNAME, ANY):
+            assert isinstance(chosen[0].rdata, Target)
+            return self._chase(b, chosen[0].rdata.target, qtype, chain, scope)
+        return self._reply(Kind.ANSWER, b, scope=scope)
+
+    def _chase(self, b: _Builder, target: Name, qtype: int, chain: int, scope: str) -> Reply:
+        """Follow a CNAME into the zones we hold (RFC 1034 §4.3.2 step 3a)."""
+        if chain >= MAX_CNAME_CHAIN:
+            return self._reply(Kind.ANSWER, b, scope=scope)
+        follow = _Lookup(self.registry, self.static, self.settings, self.rng, self.tcp)
+        zone = self.static.find(target)
+        origin = self.settings.origin
+        if is_subdomain(target, origin) and (zone is None or len(zone.origin) <= len(origin)):
+            rest = follow._dynamic(target, qtype)
+        elif zone is not None:
+            rest = follow._static(zone, target, qtype, chain + 1)
+        else:
+            return self._reply(Kind.ANSWER, b, scope=scope)  # out of our zones: the client goes on
+        b.answer.extend(rest.answer)
+        b.additional.extend(rest.additional)
+        kind = rest.kind if rest.kind is Kind.NXDOMAIN else Kind.ANSWER  # RFC 6604 §3
+        if rest.scope != scope:
+            scope = Scope.GLOBAL
+        authority = rest.authority if not rest.answer else ()
+        return Reply(
+            kind,
+            answer=tuple(b.answer),
+            authority=authority,
+            additional=tuple(b.additional),
+            ede=tuple(b.ede) + rest.ede,
+            scope=scope,
+        )
+
+    def _wildcard(self, zone: StaticZone, qname: Name) -> dict[int, tuple[Record, ...]]:
+        """RFC 4592 §3.3.1: the source of synthesis is ``*`` at the closest encloser."""
+        for cut in range(1, len(qname) - len(zone.origin) + 1):
+            encloser = qname[cut:]
+            if encloser in zone.names:
+                return dict(zone.rrsets(("*", *encloser)))
+        return {}
+
+    def _static_addresses(self, target: Name) -> list[Record]:
+        zone = self.static.find(target)
+        if zone is None:
+            return []
+        sets = zone.rrsets(target)
+        return [*sets.get(A, ()), *sets.get(AAAA, ())]
+
+    # ------------------------------------------------------------- record kit
+    def _wanted(self, types: Sequence[int], qtype: int, has: Callable[[int], bool]) -> list[int]:
+        if qtype != ANY:
+            return [qtype] if qtype in types else []
+        present = [t for t in types if has(t)]
+        if not self.tcp and present:
+            return present[:1]  # RFC 8482 §4.1: one RRset is enough over UDP
+        return present
+
+    def _any(self, by_type: Mapping[int, Sequence[Record]]) -> list[Record]:
+        sets = [list(v) for v in by_type.values() if v]
+        if not sets:
+            return []
+        if not self.tcp:
+            return sets[0]  # RFC 8482 §4.1
+        return [r for rs in sets for r in rs]
+
+    def _order(self, instances: Sequence[Instance]) -> list[Instance]:
+        """Lower priority first; within one, a weighted random order.
+
+        Efraimidis–Spirakis: sorting by u^(1/w) draws without replacement with
+        probability proportional to weight, so weights steer A-record clients too.
+        """
+        rng = self.rng
+        keyed = [
+            (i.reg.priority, -math.log(rng.random() or 1e-300) / i.reg.weight, n)
+            for n, i in enumerate(instances)
+        ]
+        keyed.sort()
+        return [instances[n] for _, _, n in keyed]
+
+    def _records_for(self, instances: Sequence[Instance], rtype: int, qname: Name) -> list[Record]:
+        if rtype in (A, AAAA):
+            version = 4 if rtype == A else 6
+            chosen = [i for i in instances if i.reg.address.version == version]
+            cap = self.settings.max_answers
+            if cap is not None:
+                chosen = chosen[:cap]
+            ttl = min((i.reg.dns_ttl for i in chosen), default=0)
+            # RFC 2181 §5.2: every record of an RRset carries the same TTL.
+            return [Record(qname, rtype, ttl, Address(i.reg.address)) for i in chosen]
+        if rtype == SRV:
+            ttl = min((i.reg.dns_ttl for i in instances), default=0)
+            return [
+                Record(
+                    qname,
+                    SRV,
+                    ttl,
+                    SRVData(i.reg.priority, i.reg.weight, i.reg.port, self._target(i)),
+                )
+                for i in instances
+            ]
+        return []
+
+    def _target(self, instance: Instance) -> Name:
+        return (instance.reg.id, instance.reg.service, *self.settings.origin)
+
+    def _target_addresses(self, instances: Sequence[Instance]) -> list[Record]:
+        out = []
+        for i in instances:
+            rtype = A if i.reg.address.version == 4 else AAAA
+            out.append(Record(self._target(i), rtype, i.reg.dns_ttl, Address(i.reg.address)))
+        return out
+
+    def _ns_address_records(self) -> list[Record]:
+        s = self.settings
+        return [
+            Record(s.ns_name, A if a.version == 4 else AAAA, s.ns_ttl, Address(a))
+            for a in s.ns_addresses
+        ]
+
+    def _rrset(self, qname: Name, qtype: int, records: list[Record]) -> list[Record]:
+        if qtype == ANY:
+            return records if self.tcp else [r for r in records if r.rtype == records[0].rtype]
+        return [r for r in records if r.rtype == qtype]
+
+    def _soa_record(self) -> Record:
+        s = self.settings
+        return Record(
+            s.origin,
+            SOA,
+            s.negative_ttl,
+            SOAData(
+                mname=s.ns_name,
+                rname=(s.hostmaster, *s.origin),
+                serial=self.registry.revision % 2**32,
+                refresh=s.soa_refresh,
+                retry=s.soa_retry,
+                expire=s.soa_expire,
+                minimum=s.negative_ttl,
+            ),
+        )
+
+    def _positive(self, records: list[Record], qname: Name, *, scope: str) -> Reply:
+        if not records:
+            return self._negative(Kind.NODATA)
+        return Reply(Kind.ANSWER, answer=tuple(records), scope=scope)
+
+    def _negative(
+        self,
+        kind: Kind,
+        *,
+        soa: Record | None = None,
+        scope: str = Scope.GLOBAL,
+        ede: Iterable[tuple[int, str]] = (),
+    ) -> Reply:
+        """NXDOMAIN or NODATA with the zone's SOA in authority (RFC 2308 §2.1, §2.2)."""
+        record = soa if soa is not None else self._soa_record()
+        if soa is None:
+            scope = Scope.GLOBAL  # the generated SOA's serial is the revision
+        assert isinstance(record.rdata, SOAData)
+        # RFC 2308 §5: the SOA's TTL in a negative reply is min(TTL, MINIMUM).
+        ttl = min(record.ttl, record.rdata.minimum)
+        return Reply(
+            kind,
+            authority=(Record(record.owner, SOA, ttl, record.rdata),),
+            ede=tuple(ede),
+            scope=scope,
+        )
+
+    def _reply(self, kind: Kind, b: _Builder, *, scope: str) -> Reply:
+        return Reply(
+            kind,
+            answer=tuple(b.answer),
+            additional=tuple(_dedupe(b.additional)),
+            ede=tuple(b.ede),
+            scope=scope,
+        )
+
+
+def _dedupe(records: Iterable[Record]) -> list[Record]:
+    seen: set[Record] = set()
+    out = []
+    for r in records:
+        if r not in seen:
+            seen.add(r)
+            out.append(r)
+    return out

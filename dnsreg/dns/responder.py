@@ -1,0 +1,138 @@
+"""From query bytes to reply bytes: decode, build the answer, encode. No sockets.
+
+The UDP and TCP servers hand every packet to :meth:`Responder.respond` and
+send back whatever it returns (``None``: send nothing). Replies to plain
+queries are cached as wire bytes (``answer_cache``); a miss goes through the
+pure answer builder and fills the cache.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+
+from dnsreg.core.registry import Registry
+from dnsreg.dns.answer_cache import VARIANTS, AnswerCache, Entry, cache_key, scope_stamp
+from dnsreg.dns.answers import Question, Reply, Scope, Settings, answer
+from dnsreg.dns.wire import Malformed, decode_query, encode_reply, size_limit
+from dnsreg.dns.zones import StaticZones
+
+EDE_STALE_ANSWER = 3  # RFC 8914 §4.4
+
+
+class Responder:
+    def __init__(
+        self,
+        registry: Registry,
+        static: StaticZones,
+        settings: Settings,
+        rng: random.Random | None = None,
+        *,
+        cache_entries: int | None = None,
+    ) -> None:
+        self.registry = registry
+        self._static = static
+        self.static_generation = 0
+        self.settings = settings
+        self.rng = rng or random.Random()
+        self.cache = AnswerCache(cache_entries) if cache_entries else AnswerCache()
+        # Set by a store that lost contact with its backend: replies then say
+        # they may be stale (RFC 8914 "Stale Answer"). Part of every cache entry.
+        self.stale = False
+        # Plain counters: a prometheus Counter per query would cost more than the answer.
+        self.rcodes: Counter[int] = Counter()
+        self.dropped = 0
+        self.malformed = 0
+
+    @property
+    def static(self) -> StaticZones:
+        return self._static
+
+    @static.setter
+    def static(self, zones: StaticZones) -> None:
+        """New zone files: every cached reply may be affected."""
+        self._static = zones
+        self.static_generation += 1
+        self.cache.clear()
+
+    def respond(self, data: bytes, *, tcp: bool) -> bytes | None:
+        found = cache_key(data, tcp)
+        entry: Entry | None = None
+        if found is not None:
+            entry = self.cache.entries.get(found[0])
+            if entry is not None:
+                scope = entry.scope
+                registry = self.registry
+                if scope == Scope.GLOBAL:
+                    current = registry.revision
+                elif scope == Scope.STATIC:
+                    current = self.static_generation
+                else:
+                    current = registry.service_revision(scope)
+                if entry.stamp != current or (
+                    entry.stale_marked is not self.stale and scope != Scope.STATIC
+                ):
+                    entry = None
+                elif not entry.shuffled or len(entry.variants) >= VARIANTS:
+                    # Hot path: the client's id and question spliced into a stored reply.
+                    entry.hits += 1
+                    head, tail = entry.variants[entry.turn % len(entry.variants)]
+                    entry.turn += 1
+                    return data[:2] + head + data[12 : found[1]] + tail
+            self.cache.misses += 1
+        try:
+            query = decode_query(data)
+        except Malformed as bad:
+            self.malformed += 1
+            if bad.reply is None:
+                self.dropped += 1
+                return None
+            self.rcodes[bad.reply[3] & 0xF] += 1
+            return bad.reply
+        reply = answer(
+            Question(query.qname, query.qtype, query.qclass, tcp),
+            self.registry,
+            self._static,
+            self.settings,
+            self.rng,
+        )
+        if self.stale and reply.scope != Scope.STATIC:
+            # Zone-file answers do not come from the registry: they cannot be stale.
+            reply = _mark_stale(reply)
+        wire = encode_reply(query, reply, size_limit(query, tcp))
+        rcode = wire[3] & 0xF
+        self.rcodes[rcode] += 1
+        if found is not None and found[1] == 12 + len(query.question):
+            template = (wire[2:12], wire[found[1] :])
+            if entry is not None:
+                entry.variants.append(template)  # one more shuffled order
+            else:
+                self.cache.store(
+                    found[0],
+                    Entry(
+                        scope=reply.scope,
+                        stamp=self._stamp(reply.scope),
+                        stale_marked=self.stale and reply.scope != Scope.STATIC,
+                        rcode=rcode,
+                        variants=[template],
+                        shuffled=reply.scope not in (Scope.GLOBAL, Scope.STATIC)
+                        and len(reply.answer) > 1,
+                    ),
+                )
+        return wire
+
+    def _stamp(self, scope: str) -> int:
+        registry = self.registry
+        return scope_stamp(
+            scope, registry.revision, registry.service_revision(scope), self.static_generation
+        )
+
+    def counts(self) -> dict[int, int]:
+        """Responses sent by rcode, cache hits included (for metrics)."""
+        return dict(self.rcodes + self.cache.hits_by_rcode())
+
+
+def _mark_stale(reply: Reply) -> Reply:
+    from dataclasses import replace
+
+    return replace(reply, ede=(*reply.ede, (EDE_STALE_ANSWER, "registry backend unreachable")))

@@ -1,0 +1,254 @@
+"""The DNS listeners: UDP and TCP on one address. Only bytes in, bytes out.
+
+UDP uses its own non-blocking socket with ``loop.add_reader`` and drains many
+datagrams per wake-up: CPython's stock datagram transport allocates a 256 KiB
+buffer per ``recvfrom``, which glibc can turn into an mmap/munmap per packet.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+from collections.abc import Callable
+from typing import cast
+
+from dnsreg.dns import udp_batch as mmsg
+
+log = logging.getLogger("dnsreg.dns")
+
+Handler = Callable[..., bytes | None]  # (data, *, tcp) -> reply or None
+
+UDP_DRAIN = 64  # datagrams per wake-up before yielding to other work
+MAX_DATAGRAM = 65535
+
+
+def _family(host: str) -> socket.AddressFamily:
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
+
+
+class UdpListener:
+    def __init__(self, handler: Handler) -> None:
+        self.handler = handler
+        self.sock: socket.socket | None = None
+        self._batch: mmsg.BatchIO | None = None
+
+    def bind(self, host: str, port: int) -> int:
+        sock = socket.socket(_family(host), socket.SOCK_DGRAM)
+        sock.setblocking(False)
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * 1024 * 1024)
+        sock.bind((host, port))
+        self.sock = sock
+        return int(sock.getsockname()[1])
+
+    def start(self) -> None:
+        assert self.sock is not None
+        callback = self._readable
+        if mmsg.available():
+            self._batch = mmsg.BatchIO(self.sock, UDP_DRAIN)
+            callback = self._readable_batched
+        asyncio.get_running_loop().add_reader(self.sock.fileno(), callback)
+
+    def _readable_batched(self) -> None:
+        # Keep draining while full batches arrive, then yield to other work.
+        batch = self._batch
+        assert batch is not None
+        for _ in range(4):
+            if batch.pump(self.handler) < UDP_DRAIN:
+                return
+
+    def _readable(self) -> None:
+        sock = self.sock
+        if sock is None:
+            return
+        handler = self.handler
+        recv = sock.recvfrom
+        send = sock.sendto
+        for _ in range(UDP_DRAIN):
+            try:
+                # 64 KiB stays below glibc's mmap threshold; the bytes object is shrunk in place.
+                data, addr = recv(MAX_DATAGRAM)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:  # e.g. ICMP errors surfacing on Linux: keep serving
+                continue
+            try:
+                reply = handler(data, tcp=False)
+            except Exception:
+                log.exception("unexpected error answering a UDP query; dropped it")
+                continue
+            if reply is not None:
+                try:  # noqa: SIM105 - a with-block per datagram costs measurable time
+                    send(reply, addr)
+                except OSError:  # full send buffer or a vanished peer: UDP may drop
+                    pass
+
+    def close(self) -> None:
+        if self.sock is not None:
+            with contextlib.suppress(Exception):
+                asyncio.get_running_loop().remove_reader(self.sock.fileno())
+            self.sock.close()
+            self.sock = None
+
+
+class _TcpConnection(asyncio.Protocol):
+    """One client connection: frames in, replies out, in order (RFC 7766 §6.2.1).
+
+    A protocol rather than streams: a pipelined burst is answered from one
+    ``data_received`` call with one write, which is what makes TCP fast.
+    """
+
+    def __init__(self, listener: TcpListener) -> None:
+        self.listener = listener
+        self.transport: asyncio.Transport | None = None
+        self.buffer = bytearray()
+        self.idle: asyncio.TimerHandle | None = None
+        self.paused = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports do not subclass asyncio.Transport; they behave as one.
+        self.transport = cast(asyncio.Transport, transport)
+        transport = self.transport
+        listener = self.listener
+        if len(listener.connections) >= listener.max_connections or listener.closing:
+            listener.refused += 1
+            transport.abort()
+            return
+        listener.connections.add(self)
+        self._arm()
+
+    def _arm(self) -> None:
+        if self.idle is not None:
+            self.idle.cancel()
+        loop = asyncio.get_running_loop()
+        self.idle = loop.call_later(self.listener.idle_timeout, self._timed_out)
+
+    def _timed_out(self) -> None:
+        # RFC 7766 §6.2.3: the server closes idle connections.
+        if self.transport is not None:
+            self.transport.close()
+
+    def data_received(self, data: bytes) -> None:
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        buf = self.buffer
+        buf += data
+        handler = self.listener.handler
+        out: list[bytes] = []
+        pos = 0
+        end = len(buf)
+        while end - pos >= 2:
+            length = (buf[pos] << 8) | buf[pos + 1]
+            if end - pos - 2 < length:
+                break  # the rest of this message has not arrived yet
+            try:
+                reply = handler(bytes(buf[pos + 2 : pos + 2 + length]), tcp=True)
+            except Exception:
+                log.exception("unexpected error answering a TCP query; closing the connection")
+                reply = None
+            pos += 2 + length
+            if reply is None:
+                # Not even a header: nothing sensible can follow on this stream.
+                if out:
+                    transport.write(b"".join(out))
+                transport.close()
+                return
+            out.append(len(reply).to_bytes(2, "big"))
+            out.append(reply)
+        del buf[:pos]
+        if out:
+            transport.write(b"".join(out))
+            # RFC 7766 §6.2.3: the idle time runs between whole queries. Re-arming on
+            # every chunk would let a client dripping one byte at a time hold a slot.
+            self._arm()
+        if self.listener.closing and not buf:
+            transport.close()
+
+    def pause_writing(self) -> None:
+        # The client is not reading its answers: stop reading its questions.
+        if self.transport is not None:
+            self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.resume_reading()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.idle is not None:
+            self.idle.cancel()
+        self.listener.connections.discard(self)
+        self.listener.drained()
+
+
+class TcpListener:
+    """DNS over TCP: length-prefixed messages, several per connection (RFC 7766)."""
+
+    def __init__(self, handler: Handler, *, idle_timeout: float, max_connections: int) -> None:
+        self.handler = handler
+        self.idle_timeout = idle_timeout
+        self.max_connections = max_connections
+        self.server: asyncio.Server | None = None
+        self.connections: set[_TcpConnection] = set()
+        self.closing = False
+        self.refused = 0
+        self._all_closed: asyncio.Event | None = None
+
+    async def start(self, host: str, port: int) -> int:
+        loop = asyncio.get_running_loop()
+        self.server = await loop.create_server(
+            lambda: _TcpConnection(self), host, port, family=_family(host), reuse_address=True
+        )
+        return int(self.server.sockets[0].getsockname()[1])
+
+    def drained(self) -> None:
+        if self.closing and not self.connections and self._all_closed is not None:
+            self._all_closed.set()
+
+    async def close(self, grace: float = 2.0) -> None:
+        """Stop accepting; connections close once their answers are written."""
+        self.closing = True
+        if self.server is not None:
+            self.server.close()
+        self._all_closed = asyncio.Event()
+        for conn in list(self.connections):
+            if conn.transport is not None and not conn.buffer:
+                conn.transport.close()  # flushes what is already written, then closes
+        if self.connections:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._all_closed.wait(), grace)
+        for conn in list(self.connections):
+            if conn.transport is not None:
+                conn.transport.abort()
+        if self.server is not None:
+            await self.server.wait_closed()
+
+
+class DnsServer:
+    """UDP and TCP on the same address and port."""
+
+    def __init__(self, handler: Handler, *, idle_timeout: float, max_connections: int) -> None:
+        self.udp = UdpListener(handler)
+        self.tcp = TcpListener(handler, idle_timeout=idle_timeout, max_connections=max_connections)
+        self.port = 0
+
+    async def start(self, host: str, port: int) -> int:
+        # Port 0: take a free UDP port, then the same TCP port; retry if TCP's is busy.
+        for _ in range(20):
+            udp_port = self.udp.bind(host, port)
+            try:
+                self.port = await self.tcp.start(host, udp_port)
+            except OSError:
+                self.udp.close()
+                if port != 0:
+                    raise
+                continue
+            self.udp.start()
+            return self.port
+        raise OSError(f"no port free for both UDP and TCP on {host}")
+
+    async def close(self) -> None:
+        self.udp.close()
+        await self.tcp.close()

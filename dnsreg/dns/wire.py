@@ -1,0 +1,257 @@
+"""DNS messages on the wire: decode a query, encode a reply. Pure.
+
+Decoding is hand-written because the server needs two things a general
+parser does not give cheaply: the exact bytes of the client's question (it is
+echoed verbatim, letter case included, RFC 1035 §4.1.1 / the 0x20 defence)
+and a verdict on every malformed packet without raising through the server.
+"""
+
+from __future__ import annotations
+
+import enum
+import struct
+from dataclasses import dataclass
+
+from dnsreg.core.names import MAX_NAME_OCTETS, Name
+from dnsreg.dns.answers import Kind, Reply
+from dnsreg.dns.records import OPT, Writer
+
+HEADER = struct.Struct("!HHHHHH")
+QR = 0x8000
+AA = 0x0400
+TC = 0x0200
+RD = 0x0100
+OPCODE_MASK = 0x7800
+EDE_OPTION = 15  # RFC 8914 §2
+
+PLAIN_UDP_LIMIT = 512  # RFC 1035 §4.2.1
+EDNS_UDP_LIMIT = 1232  # DNS flag day 2020: fits the IPv6 minimum MTU without fragments
+TCP_LIMIT = 65535
+
+
+class Rcode(enum.IntEnum):
+    NOERROR = 0
+    FORMERR = 1
+    SERVFAIL = 2
+    NXDOMAIN = 3
+    NOTIMP = 4
+    REFUSED = 5
+    BADVERS = 16  # RFC 6891 §6.1.3: extended, upper 8 bits travel in the OPT TTL
+
+
+# The one place where an answer kind becomes an rcode.
+RCODE_FOR_KIND = {
+    Kind.ANSWER: Rcode.NOERROR,
+    Kind.NODATA: Rcode.NOERROR,  # RFC 2308 §2.2: NODATA is NOERROR with no answer
+    Kind.REFERRAL: Rcode.NOERROR,
+    Kind.NXDOMAIN: Rcode.NXDOMAIN,
+    Kind.REFUSED: Rcode.REFUSED,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Edns:
+    version: int
+    udp_size: int
+    do: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Query:
+    id: int
+    flags: int
+    question: bytes  # the client's question section, byte for byte
+    qname: Name  # folded to lower case
+    qtype: int
+    qclass: int
+    edns: Edns | None
+
+    @property
+    def opcode(self) -> int:
+        return (self.flags & OPCODE_MASK) >> 11
+
+
+class Malformed(Exception):
+    """The packet cannot be answered normally; ``reply`` is what to send (None: drop)."""
+
+    def __init__(self, reply: bytes | None, reason: str) -> None:
+        super().__init__(reason)
+        self.reply = reply
+        self.reason = reason
+
+
+def _error_reply(
+    msg_id: int, flags: int, rcode: Rcode, question: bytes = b"", edns: Edns | None = None
+) -> bytes:
+    # Keep opcode and RD (RFC 1035 §4.1.1 says RD is copied); drop every other request bit.
+    out_flags = QR | (flags & (OPCODE_MASK | RD)) | (rcode & 0xF)
+    header = HEADER.pack(msg_id, out_flags, 1 if question else 0, 0, 0, 1 if edns else 0)
+    body = header + question
+    if edns is not None:
+        body += _opt(rcode, edns, ())
+    return body
+
+
+def _opt(rcode: int, edns: Edns, ede: tuple[tuple[int, str], ...]) -> bytes:
+    options = b"".join(
+        struct.pack("!HHH", EDE_OPTION, 2 + len(text.encode()), code) + text.encode()
+        for code, text in ede
+    )
+    # RFC 6891 §6.1.3: TTL = extended rcode (upper 8 bits) | version | DO | Z.
+    # RFC 3225 §3: the DO bit is copied from the query.
+    ttl = ((rcode >> 4) << 24) | (0x8000 if edns.do else 0)
+    return b"\0" + struct.pack("!HHIH", OPT, EDNS_UDP_LIMIT, ttl, len(options)) + options
+
+
+def _skip_name(data: bytes, pos: int) -> int:
+    """Step over a possibly compressed name; return the offset after it."""
+    while True:
+        if pos >= len(data):
+            raise ValueError("name runs past the end")
+        length = data[pos]
+        if length == 0:
+            return pos + 1
+        if length & 0xC0 == 0xC0:
+            if pos + 2 > len(data):
+                raise ValueError("truncated pointer")
+            return pos + 2
+        if length & 0xC0:
+            raise ValueError("reserved label type")
+        pos += 1 + length
+
+
+def decode_query(data: bytes) -> Query:
+    """Parse a query; raise Malformed with the reply to send (or None to drop)."""
+    if len(data) < HEADER.size:
+        raise Malformed(None, "shorter than a DNS header")
+    msg_id, flags, qdcount, ancount, nscount, arcount = HEADER.unpack_from(data)
+    if flags & QR:
+        raise Malformed(None, "a response, not a query")  # never answer answers (loops)
+    opcode = (flags & OPCODE_MASK) >> 11
+    if opcode != 0:
+        raise Malformed(_error_reply(msg_id, flags, Rcode.NOTIMP), f"opcode {opcode}")
+    formerr = _error_reply(msg_id, flags, Rcode.FORMERR)
+    if qdcount != 1:
+        raise Malformed(formerr, f"QDCOUNT={qdcount}")
+    # Question: uncompressed labels (a pointer here could only point into the header).
+    pos = HEADER.size
+    labels: list[str] = []
+    while True:
+        if pos >= len(data):
+            raise Malformed(formerr, "question runs past the end")
+        length = data[pos]
+        if length == 0:
+            pos += 1
+            break
+        if length > 63:
+            raise Malformed(formerr, "compressed or oversized label in the question")
+        label = data[pos + 1 : pos + 1 + length]
+        if len(label) != length:
+            raise Malformed(formerr, "label runs past the end")
+        labels.append(label.lower().decode("latin-1"))
+        pos += 1 + length
+    if pos - HEADER.size > MAX_NAME_OCTETS:
+        raise Malformed(formerr, "name longer than 255 octets")
+    if pos + 4 > len(data):
+        raise Malformed(formerr, "question has no type and class")
+    qtype, qclass = struct.unpack_from("!HH", data, pos)
+    pos += 4
+    question = data[HEADER.size : pos]
+    formerr = _error_reply(msg_id, flags, Rcode.FORMERR, question)
+    if ancount or nscount:
+        # A standard query carries nothing in these sections (RFC 1035 §4.1; NSD agrees).
+        raise Malformed(formerr, "records in the answer or authority section of a query")
+    edns: Edns | None = None
+    try:
+        for _ in range(arcount):
+            owner_at = pos
+            pos = _skip_name(data, pos)
+            if pos + 10 > len(data):
+                raise ValueError("truncated record")
+            rtype, rclass, ttl, rdlen = struct.unpack_from("!HHIH", data, pos)
+            pos += 10
+            if pos + rdlen > len(data):
+                raise ValueError("record data runs past the end")
+            if rtype == OPT:
+                # RFC 6891 §6.1.1: one OPT, in the additional section, owned by the root.
+                if edns is not None or data[owner_at] != 0:
+                    raise ValueError("misplaced or repeated OPT")
+                _check_options(data[pos : pos + rdlen])
+                edns = Edns(version=(ttl >> 16) & 0xFF, udp_size=rclass, do=bool(ttl & 0x8000))
+            pos += rdlen
+        if pos != len(data):
+            raise ValueError("trailing bytes after the last record")
+    except ValueError as exc:
+        raise Malformed(_error_reply(msg_id, flags, Rcode.FORMERR, question), str(exc)) from exc
+    if edns is not None and edns.version > 0:
+        # RFC 6891 §6.1.3: answer BADVERS with the highest version we speak (0).
+        raise Malformed(_error_reply(msg_id, flags, Rcode.BADVERS, question, edns), "EDNS version")
+    return Query(msg_id, flags, question, tuple(labels), qtype, qclass, edns)
+
+
+def _check_options(rdata: bytes) -> None:
+    pos = 0
+    while pos < len(rdata):
+        if pos + 4 > len(rdata):
+            raise ValueError("truncated EDNS option")
+        _, length = struct.unpack_from("!HH", rdata, pos)
+        pos += 4 + length
+        if pos > len(rdata):
+            raise ValueError("EDNS option runs past the end")
+
+
+def size_limit(query: Query, tcp: bool) -> int:
+    """How large a reply may be (RFC 1035 §4.2.1, RFC 6891 §6.2.5)."""
+    if tcp:
+        return TCP_LIMIT
+    if query.edns is None:
+        return PLAIN_UDP_LIMIT
+    return max(PLAIN_UDP_LIMIT, min(query.edns.udp_size, EDNS_UDP_LIMIT))
+
+
+def encode_reply(query: Query, reply: Reply, limit: int) -> bytes:
+    """Encode ``reply`` to fit ``limit`` bytes.
+
+    Additional records go first when space runs out (they are optional); if
+    the answer and authority sections still do not fit, the reply carries
+    none of them and sets TC so the client retries over TCP (RFC 2181 §9):
+    answer records are never dropped silently.
+    """
+    rcode = RCODE_FOR_KIND[reply.kind]
+    flags = QR | (query.flags & RD) | (AA if reply.authoritative else 0) | rcode
+    ede = reply.ede if query.edns is not None else ()
+    opt = _opt(rcode, query.edns, ede) if query.edns is not None else b""
+    room = limit - len(opt)
+
+    w = Writer(HEADER.pack(0, 0, 0, 0, 0, 0) + query.question)
+    # Let answers point at the client's question name (RFC 1035 §4.1.4).
+    at = HEADER.size
+    for i in range(len(query.qname)):
+        w.owner_offsets.setdefault(query.qname[i:], at)
+        at += 1 + len(query.qname[i])
+    for record in reply.answer:
+        w.record(record)
+    for record in reply.authority:
+        w.record(record)
+    if len(w.buf) > room:
+        header = HEADER.pack(query.id, flags | TC, 1, 0, 0, 1 if opt else 0)
+        return header + query.question + opt
+    additional = 0
+    for record in reply.additional:
+        mark = len(w.buf)
+        w.record(record)
+        if len(w.buf) > room:
+            del w.buf[mark:]  # nothing after this record can point into it
+            break
+        additional += 1
+    HEADER.pack_into(
+        w.buf,
+        0,
+        query.id,
+        flags,
+        1,
+        len(reply.answer),
+        len(reply.authority),
+        additional + (1 if opt else 0),
+    )
+    return bytes(w.buf) + opt

@@ -1,0 +1,278 @@
+"""The HTTP API (aiohttp): register, heartbeat, deregister, maintenance, list, status, metrics."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import msgspec
+from aiohttp import web
+
+from dnsreg import __version__
+from dnsreg.core.errors import (
+    Conflict,
+    DnsregError,
+    InvalidInput,
+    NotFound,
+    PayloadTooLarge,
+    Unavailable,
+    UnsupportedMediaType,
+)
+from dnsreg.core.model import Instance
+from dnsreg.core.names import check_label
+from dnsreg.core.registry import Registry
+from dnsreg.http.events import EventHub
+from dnsreg.http.metrics import Metrics
+from dnsreg.http.schema import MaintenanceBody, RegisterBody, decode_body, to_registration
+from dnsreg.store import Store
+
+log = logging.getLogger("dnsreg.http")
+
+# The one place where an error becomes an HTTP status.
+STATUS_FOR_ERROR: dict[type[DnsregError], int] = {
+    InvalidInput: 400,
+    NotFound: 404,
+    Conflict: 409,
+    PayloadTooLarge: 413,
+    UnsupportedMediaType: 415,
+    Unavailable: 503,
+}
+
+_JSON_TYPES = {"application/json", "application/x-www-form-urlencoded", "text/plain", ""}
+_encoder = msgspec.json.Encoder()
+
+
+def json_response(body: Any, *, status: int = 200, revision: int | None = None) -> web.Response:
+    headers = {"X-Dnsreg-Index": str(revision)} if revision is not None else None
+    return web.Response(
+        body=_encoder.encode(body), status=status, content_type="application/json",
+        headers=headers,
+    )  # fmt: skip
+
+
+def error_response(exc: DnsregError) -> web.Response:
+    status = next((s for t, s in STATUS_FOR_ERROR.items() if isinstance(exc, t)), 500)
+    body: dict[str, Any] = {"error": exc.message}
+    if exc.field is not None or exc.detail is not None:
+        body["detail"] = exc.detail if exc.detail is not None else {"field": exc.field}
+    return json_response(body, status=status)
+
+
+@web.middleware
+async def errors_middleware(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except DnsregError as exc:
+        return error_response(exc)
+    except web.HTTPRequestEntityTooLarge as exc:
+        return error_response(PayloadTooLarge(f"request body too large: {exc.text}"))
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return json_response({"error": exc.reason}, status=exc.status)
+    except Exception:
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return json_response({"error": "internal server error"}, status=500)
+
+
+class Api:
+    def __init__(
+        self,
+        registry: Registry,
+        store: Store,
+        metrics: Metrics,
+        *,
+        max_body_bytes: int,
+        describe: Callable[[], dict[str, Any]],
+        events_buffer: int = 10_000,
+        events_keepalive: float = 15.0,
+    ) -> None:
+        self.registry = registry
+        self.store = store
+        self.metrics = metrics
+        self.describe = describe
+        self.started = time.time()
+        # Change notification (SPEC §5): the hub hears every change the store applies.
+        self.events = EventHub(
+            registry.revision, capacity=events_buffer, keepalive=events_keepalive
+        )
+        store.subscribe(self.events.on_change)
+        self.app = web.Application(
+            client_max_size=max_body_bytes,
+            middlewares=[errors_middleware],
+        )
+        # Open streams and blocked reads end first on shutdown, so stopping never hangs.
+        self.app.on_shutdown.append(self.events.close)
+        r = self.app.router
+        # Empty segments match too, so "/v1/services//instances/x" is a 400 naming the
+        # field (check_label), not a bare 404 from the router.
+        base = "/v1/services/{service:[^{}/]*}/instances/{id:[^{}/]*}"
+        r.add_put(base, self.register)
+        r.add_delete(base, self.deregister)
+        r.add_put(base + "/heartbeat", self.heartbeat)
+        r.add_put(base + "/maintenance", self.maintenance)
+        # Reads take ?index=&wait= (SPEC §5); writes skip that layer, which costs
+        # measurable time per heartbeat.
+        r.add_get("/v1/services", self._blocking(self.list_services))
+        r.add_get("/v1/services/{service}", self._blocking(self.show_service))
+        r.add_get(base, self._blocking(self.show_instance))
+        r.add_get("/v1/status", self._blocking(self.status))
+        r.add_get("/v1/events", self.events.stream, allow_head=False)
+        r.add_get("/metrics", self._blocking(self.prometheus))
+
+    # ---------------------------------------------------------------- helpers
+    def _blocking(
+        self, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+        blocking = self.events.blocking_middleware
+
+        async def read(request: web.Request) -> web.StreamResponse:
+            return await blocking(request, handler)
+
+        return read
+
+    @staticmethod
+    async def _body(request: web.Request) -> bytes:
+        ctype = request.content_type if request.headers.get("Content-Type") else ""
+        # curl -d sends form-urlencoded; accept it when the body is JSON.
+        if ctype not in _JSON_TYPES:
+            raise UnsupportedMediaType(f"send the body as application/json, not {ctype}")
+        return await request.read()
+
+    @staticmethod
+    def _names(request: web.Request) -> tuple[str, str]:
+        return (
+            check_label(request.match_info["service"], field="service"),
+            check_label(request.match_info["id"], field="id"),
+        )
+
+    def _instance_view(self, instance: Instance) -> dict[str, Any]:
+        view = instance.to_json()
+        view["panic"] = self.registry.in_panic(instance.reg.service)
+        return view
+
+    # -------------------------------------------------------------- handlers
+    async def register(self, request: web.Request) -> web.Response:
+        service, instance_id = self._names(request)
+        body: RegisterBody = decode_body(await self._body(request), RegisterBody)
+        reg = to_registration(service, instance_id, body, request.remote)
+        change = await self.store.register(reg)
+        assert change.after is not None
+        created = change.before is None
+        self.metrics.registrations.inc()
+        return json_response(
+            {
+                "instance": self._instance_view(change.after),
+                "created": created,
+                "lease_deadline": change.after.deadline,
+                "revision": change.revision,
+            },
+            status=201 if created else 200,
+            revision=change.revision,
+        )
+
+    async def heartbeat(self, request: web.Request) -> web.Response:
+        service, instance_id = self._names(request)
+        instance = await self.store.heartbeat(service, instance_id)
+        self.metrics.heartbeats.inc()
+        return json_response(
+            {"lease_deadline": instance.deadline, "revision": self.registry.revision},
+            revision=self.registry.revision,
+        )
+
+    async def deregister(self, request: web.Request) -> web.Response:
+        service, instance_id = self._names(request)
+        change = await self.store.deregister(service, instance_id)
+        return json_response(
+            {"deregistered": True, "revision": change.revision}, revision=change.revision
+        )
+
+    async def maintenance(self, request: web.Request) -> web.Response:
+        service, instance_id = self._names(request)
+        body: MaintenanceBody = decode_body(await self._body(request), MaintenanceBody)
+        reason = (body.reason or "maintenance") if body.enable else None
+        await self.store.set_maintenance(service, instance_id, reason)
+        instance = self.registry.require(service, instance_id)
+        return json_response(
+            {"instance": self._instance_view(instance), "revision": self.registry.revision},
+            revision=self.registry.revision,
+        )
+
+    async def list_services(self, request: web.Request) -> web.Response:
+        prefix = request.query.get("prefix", "").lower()
+        out: dict[str, dict[str, int | bool]] = {}
+        for service in sorted(self.registry.services()):
+            if not service.startswith(prefix):
+                continue
+            counts: dict[str, int | bool] = {
+                "instances": 0, "passing": 0, "warning": 0, "critical": 0, "maintenance": 0,
+                "served": 0,
+            }  # fmt: skip
+            for instance in self.registry.instances(service).values():
+                counts["instances"] += 1
+                counts[instance.health.value] += 1
+                counts["maintenance"] += instance.maintenance is not None
+            served = self.registry.served(service)
+            counts["served"] = len(served.instances)
+            counts["panic"] = served.panic
+            out[service] = counts
+        revision = self.registry.revision
+        return json_response({"revision": revision, "services": out}, revision=revision)
+
+    async def show_service(self, request: web.Request) -> web.Response:
+        service = check_label(request.match_info["service"], field="service")
+        tags = [check_label(t, field="tag") for t in request.query.getall("tag", [])]
+        passing = "passing" in request.query and request.query["passing"] not in ("0", "false")
+        pool = (
+            self.registry.tagged(service, tags)
+            if tags
+            else list(self.registry.instances(service).values())
+        )
+        if passing:
+            served = {id(i) for i in self.registry.served(service, pool).instances}
+            pool = [i for i in pool if id(i) in served]
+        revision = self.registry.revision
+        return json_response(
+            {
+                "revision": revision,
+                "service": service,
+                "panic": self.registry.in_panic(service),
+                "instances": [self._instance_view(i) for i in sorted(pool, key=lambda i: i.reg.id)],
+            },
+            revision=revision,
+        )
+
+    async def show_instance(self, request: web.Request) -> web.Response:
+        service, instance_id = self._names(request)
+        instance = self.registry.require(service, instance_id)
+        revision = self.registry.revision
+        return json_response(
+            {"revision": revision, "instance": self._instance_view(instance)}, revision=revision
+        )
+
+    async def status(self, request: web.Request) -> web.Response:
+        revision = self.registry.revision
+        body = {
+            "status": "ok",
+            "version": __version__,
+            "revision": revision,
+            "uptime": round(time.time() - self.started, 3),
+            "services": sum(1 for _ in self.registry.services()),
+            "instances": len(self.registry),
+            "store": self.store.describe(),
+            "events": {
+                "streams": self.events.streams,
+                "blocking_queries": self.events.blocked,
+                "oldest_revision": self.events.log.floor,
+            },
+            **self.describe(),
+        }
+        return json_response(body, revision=revision)
+
+    async def prometheus(self, request: web.Request) -> web.Response:
+        body, content_type = self.metrics.render()
+        return web.Response(body=body, headers={"Content-Type": content_type})

@@ -1,0 +1,122 @@
+"""The registry with a fake clock: leases, revisions, conflicts, indexes."""
+
+from __future__ import annotations
+
+import ipaddress
+
+import pytest
+
+from dnsreg.core.errors import Conflict, NotFound
+from dnsreg.core.model import Registration
+from dnsreg.core.registry import ChangeKind, Registry
+from tests.helpers import FakeClock
+
+
+def reg(service: str = "web", iid: str = "web-1", **kw: object) -> Registration:
+    kw.setdefault("address", ipaddress.ip_address("10.0.0.5"))
+    return Registration(service=service, id=iid, port=8080, **kw)  # type: ignore[arg-type]
+
+
+def test_every_change_bumps_one_revision(clock: FakeClock) -> None:
+    r = Registry()
+    assert r.register(reg(ttl=10), clock()).revision == 1
+    assert r.register(reg(ttl=10), clock()).kind is ChangeKind.REPLACED
+    assert r.revision == 2
+    r.heartbeat("web", "web-1", clock())
+    assert r.revision == 2  # a heartbeat changes nothing anyone sees
+    assert r.set_maintenance("web", "web-1", "deploy") is not None
+    assert r.set_maintenance("web", "web-1", "deploy") is None  # no-op is not a change
+    assert r.deregister("web", "web-1").revision == 4
+    assert r.service_revision("web") == 4
+
+
+def test_lease_expires_exactly_at_deadline(clock: FakeClock) -> None:
+    r = Registry()
+    r.register(reg(ttl=10), clock())
+    clock.advance(9.999)
+    assert r.expire_due(clock()) == []
+    clock.advance(0.001)
+    (change,) = r.expire_due(clock())
+    assert change.kind is ChangeKind.EXPIRED
+    assert r.get("web", "web-1") is None
+    assert not r.has_service("web")
+
+
+def test_heartbeat_moves_the_deadline(clock: FakeClock) -> None:
+    r = Registry()
+    r.register(reg(ttl=10), clock())
+    clock.advance(8)
+    r.heartbeat("web", "web-1", clock())
+    clock.advance(8)
+    assert r.expire_due(clock()) == []  # 16 s after registering, 8 s after the heartbeat
+    assert r.next_deadline() is not None
+    clock.advance(2)
+    assert [c.kind for c in r.expire_due(clock())] == [ChangeKind.EXPIRED]
+
+
+def test_zero_ttl_never_expires(clock: FakeClock) -> None:
+    r = Registry()
+    r.register(reg(ttl=0), clock())
+    clock.advance(10**6)
+    assert r.expire_due(clock()) == []
+    assert r.get("web", "web-1") is not None
+
+
+def test_reregistering_renews_the_lease(clock: FakeClock) -> None:
+    r = Registry()
+    r.register(reg(ttl=10), clock())
+    clock.advance(9)
+    r.register(reg(ttl=10), clock())
+    clock.advance(9)
+    assert r.expire_due(clock()) == []
+
+
+def test_heartbeat_of_unknown_instance_is_not_found(clock: FakeClock) -> None:
+    with pytest.raises(NotFound):
+        Registry().heartbeat("web", "ghost", clock())
+
+
+def test_id_equal_to_a_tag_is_refused_both_ways(clock: FakeClock) -> None:
+    r = Registry()
+    r.register(reg(iid="web-1", tags=("canary",)), clock())
+    with pytest.raises(Conflict):
+        r.register(reg(iid="canary"), clock())
+    with pytest.raises(Conflict):
+        r.register(reg(iid="web-2", tags=("web-1",)), clock())
+    with pytest.raises(Conflict):
+        r.register(reg(iid="self", tags=("self",)), clock())
+    assert r.revision == 1  # refused registrations change nothing
+
+
+def test_reserved_and_static_names_are_refused(clock: FakeClock) -> None:
+    r = Registry(static_clash=lambda svc: "docs.service.local." if svc == "docs" else None)
+    with pytest.raises(Conflict):
+        r.register(reg(service="ns"), clock())
+    with pytest.raises(Conflict, match=r"docs\.service\.local"):
+        r.register(reg(service="docs"), clock())
+
+
+def test_tag_index_follows_replacements(clock: FakeClock) -> None:
+    r = Registry()
+    r.register(reg(iid="a", tags=("x", "y")), clock())
+    r.register(reg(iid="b", tags=("x",)), clock())
+    assert [i.reg.id for i in r.tagged("web", ["x"])] == ["a", "b"]
+    assert [i.reg.id for i in r.tagged("web", ["x", "y"])] == ["a"]
+    r.register(reg(iid="a", tags=("z",)), clock())
+    assert [i.reg.id for i in r.tagged("web", ["x"])] == ["b"]
+    assert r.tagged("web", ["y"]) == []
+    r.deregister("web", "b")
+    assert not r.has_tag("web", "x")
+
+
+def test_restore_gives_a_fresh_full_lease(clock: FakeClock) -> None:
+    r = Registry()
+    inst = r.register(reg(ttl=30), clock()).after
+    assert inst is not None
+    clock.advance(1000)  # the server was down for a long time
+    fresh = Registry()
+    fresh.restore(inst, clock())
+    fresh.set_revision(5)
+    restored = fresh.require("web", "web-1")
+    assert restored.deadline == clock() + 30
+    assert fresh.revision == 5
