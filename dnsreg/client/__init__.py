@@ -23,15 +23,33 @@ from dnsreg.client.client import (
 from dnsreg.client.lease import Lease
 from dnsreg.client.registration import InstanceSpec
 
+# The errors a client sees, importable from where the client is.
+from dnsreg.core.errors import (
+    Conflict,
+    DnsregError,
+    InvalidInput,
+    NotFound,
+    ServerError,
+    Unavailable,
+    Unreachable,
+)
+
 __all__ = [
     "DEFAULT_API",
     "DEFAULT_DNS",
     "DEFAULT_DOMAIN",
     "Client",
+    "Conflict",
+    "DnsregError",
     "Event",
     "InstanceSpec",
     "Instances",
+    "InvalidInput",
     "Lease",
+    "NotFound",
+    "ServerError",
     "Services",
     "Target",
+    "Unavailable",
+    "Unreachable",
 ]
