@@ -29,7 +29,8 @@ from dnsreg.health.checker import Checker, PanicWatch
 from dnsreg.health.metrics import HealthCollector
 from dnsreg.http.api import Api
 from dnsreg.http.metrics import Metrics
-from dnsreg.store import Store, open_store
+from dnsreg.http.tls import server_context
+from dnsreg.store import EtcdOptions, Store, open_store
 
 log = logging.getLogger("dnsreg")
 
@@ -55,9 +56,15 @@ class Server:
     async def start(self) -> None:
         cfg = self.config
         origin = cfg.origin
+        # 0. TLS files are checked before anything starts: a bad one is a ConfigError.
+        tls = server_context(cfg.tls_cert, cfg.tls_key, cfg.tls_client_ca)
         # 1. The store fills the registry.
         self.store = open_store(
-            cfg.store, data_dir=cfg.data_dir, registry=self.registry, clock=self.clock
+            cfg.store,
+            data_dir=cfg.data_dir,
+            registry=self.registry,
+            clock=self.clock,
+            etcd=_etcd_options(cfg),
         )
         self.store.stale_after = cfg.stale_after
         self.store.expiry_guard = ExpiryGuard(cfg.expiry_guard)
@@ -106,20 +113,22 @@ class Server:
                 api.app, access_log=None, handle_signals=False, shutdown_timeout=2
             )
             await self.http_runner.setup()
-            site = web.TCPSite(self.http_runner, cfg.http.host, cfg.http.port)
+            site = web.TCPSite(self.http_runner, cfg.http.host, cfg.http.port, ssl_context=tls)
             await site.start()
             self.http_port = int(self.http_runner.addresses[0][1])
         except BaseException:
             await self.stop()
             raise
         log.info(
-            "dnsreg %s serving zone %s: DNS on %s:%d (udp+tcp), HTTP on http://%s:%d, store %s",
+            "dnsreg %s serving zone %s: DNS on %s:%d (udp+tcp), HTTP on %s://%s:%d%s, store %s",
             _version(),
             to_text(origin),
             cfg.dns.host,
             self.dns_port,
+            "https" if tls else "http",
             cfg.http.host,
             self.http_port,
+            " (client certificates required)" if cfg.tls_client_ca else "",
             self.store.kind,
         )
 
@@ -191,6 +200,17 @@ class Server:
             log.info("shutting down")
         finally:
             await self.stop()
+
+
+def _etcd_options(cfg: Config) -> EtcdOptions | None:
+    options = EtcdOptions(
+        ca=cfg.etcd_ca,
+        cert=cfg.etcd_cert,
+        key=cfg.etcd_key,
+        user=cfg.etcd_user,
+        password=cfg.etcd_password,
+    )
+    return None if options == EtcdOptions() else options
 
 
 def _version() -> str:

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dnsreg import __version__
 from dnsreg.client.commands import COMMANDS, add_commands, run_command
 from dnsreg.config import load_config
-from dnsreg.core.errors import DnsregError
+from dnsreg.core.errors import ConfigError, DnsregError
 
 
 def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -46,6 +46,22 @@ def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         help="etcd store: mark DNS answers stale after this long without etcd (10s)",
     )  # fmt: skip
     p.add_argument("--log-level", dest="log_level", choices=["debug", "info", "warning", "error"])
+    _tls_flags(p)
+
+
+def _tls_flags(p: argparse.ArgumentParser) -> None:
+    """TLS for the API and towards etcd (README "TLS"); each also DNSREG_<NAME> or a key."""
+    for flag, metavar, help_text in (
+        ("--tls-cert", "FILE", "serve the API over HTTPS with this certificate (PEM)"),
+        ("--tls-key", "FILE", "the private key of --tls-cert (PEM)"),
+        ("--tls-client-ca", "FILE", "require client certificates signed by this CA (PEM)"),
+        ("--etcd-ca", "FILE", "etcds://: trust this CA for etcd's certificate"),
+        ("--etcd-cert", "FILE", "etcds://: client certificate for etcd --client-cert-auth"),
+        ("--etcd-key", "FILE", "etcds://: the private key of --etcd-cert"),
+        ("--etcd-user", "USER", "etcd user (etcd with auth enabled)"),
+        ("--etcd-password", "PASSWORD", "prefer DNSREG_ETCD_PASSWORD: flags show in ps"),
+    ):
+        p.add_argument(flag, dest=flag[2:].replace("-", "_"), metavar=metavar, help=help_text)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -85,6 +101,9 @@ def _serve(flags: dict[str, object]) -> int:
             uvloop.run(Server(config).serve_forever())
         else:
             asyncio.run(Server(config).serve_forever())
+    except ConfigError as exc:  # a setting that cannot work (a TLS file, etcd credentials)
+        logging.getLogger("dnsreg").error("%s", exc.message)
+        return 2
     except DnsregError as exc:
         logging.getLogger("dnsreg").error("%s", exc.message)
         return 1

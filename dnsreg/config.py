@@ -6,7 +6,7 @@ import ipaddress
 import os
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +53,15 @@ class Config:
     events_buffer: int = 10_000  # changes remembered for /v1/events?since= resumption
     events_keepalive: float = 15.0  # seconds between comment lines on an idle event stream
     log_level: str = "info"
+    # TLS (SPEC §7): HTTPS for the API, and TLS / user+password towards etcd.
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_client_ca: Path | None = None  # set: clients must present a certificate it signed
+    etcd_ca: Path | None = None
+    etcd_cert: Path | None = None
+    etcd_key: Path | None = None
+    etcd_user: str | None = None
+    etcd_password: str | None = field(default=None, repr=False)  # a secret: never printed
 
     @property
     def origin(self) -> tuple[str, ...]:
@@ -76,6 +85,7 @@ class Config:
 
 _ENV_PREFIX = "DNSREG_"
 _FIELDS = {f.name for f in fields(Config)}
+_OPTIONAL_PATHS = ("tls_cert", "tls_key", "tls_client_ca", "etcd_ca", "etcd_cert", "etcd_key")
 
 
 def _coerce(name: str, value: Any) -> Any:
@@ -85,6 +95,10 @@ def _coerce(name: str, value: Any) -> Any:
             return value if isinstance(value, HostPort) else HostPort.parse(str(value), field=name)
         if name in ("zones", "data_dir"):
             return Path(str(value))
+        if name in _OPTIONAL_PATHS:
+            return Path(str(value)) if str(value) else None
+        if name in ("etcd_user", "etcd_password"):
+            return str(value) or None
         if name == "advertise":
             if isinstance(value, str):
                 return tuple(v.strip() for v in value.split(",") if v.strip())

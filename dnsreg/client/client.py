@@ -16,7 +16,9 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import socket
+import ssl
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
@@ -28,6 +30,7 @@ import aiohttp
 from dnsreg.client.lease import TRANSIENT, Lease
 from dnsreg.client.registration import InstanceSpec
 from dnsreg.client.sse import SseParser
+from dnsreg.client.tls import auth_headers, client_context, default_token, tls_failure
 from dnsreg.core.changelog import JITTER_FRACTION, parse_wait
 from dnsreg.core.errors import (
     Conflict,
@@ -123,8 +126,17 @@ class Client:
         domain: str = DEFAULT_DOMAIN,
         timeout: float = 10.0,
         session: aiohttp.ClientSession | None = None,
+        ca: str | os.PathLike[str] | None = None,
+        cert: str | os.PathLike[str] | None = None,
+        key: str | os.PathLike[str] | None = None,
+        token: str | None = None,
     ) -> None:
+        """``ca``: trust this CA (PEM) for an ``https://`` API; ``cert``/``key``: a client
+        certificate; ``token``: sent as ``Authorization: Bearer`` (default ``DNSREG_TOKEN``).
+        """
         self.api = api.rstrip("/")
+        self._tls = client_context(ca, cert, key)  # bad files fail here, not at first call
+        self._headers = auth_headers(token if token is not None else default_token())
         self.dns_host, self.dns_port = split_host_port(dns, 53)
         self.domain = domain.strip(".")
         self.timeout = timeout
@@ -150,7 +162,8 @@ class Client:
     @property
     def session(self) -> aiohttp.ClientSession:
         if self._session is None:
-            self._session = aiohttp.ClientSession()
+            tls: ssl.SSLContext | bool = self._tls if self._tls is not None else True
+            self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=tls))
             self._own_session = True
         return self._session
 
@@ -171,11 +184,15 @@ class Client:
                 url,
                 json=body,
                 params=params,
+                headers=self._headers,
                 timeout=aiohttp.ClientTimeout(total=limit or self.timeout),
             ) as resp:
                 text = await resp.text()
                 status = resp.status
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            tls = tls_failure(self.api, exc)
+            if tls is not None:
+                raise tls from exc
             raise Unreachable(f"cannot reach {self.api}: {_describe(exc)}") from exc
         try:
             payload = json.loads(text) if text else {}
@@ -348,7 +365,9 @@ class Client:
             if cursor is not None:
                 params["since"] = str(cursor)
             try:
-                async with self.session.get(url, params=params, timeout=timeout) as resp:
+                async with self.session.get(
+                    url, params=params, headers=self._headers, timeout=timeout
+                ) as resp:
                     if resp.status != 200:
                         payload = await _json_or_text(resp)
                         error = _api_error(resp.status, payload)
@@ -386,6 +405,9 @@ class Client:
                         )
                 log.info("event stream from %s ended; reconnecting", self.api)
             except (aiohttp.ClientError, TimeoutError, OSError, _Retry) as exc:
+                tls = tls_failure(self.api, exc)
+                if tls is not None:
+                    raise tls from exc  # reconnecting cannot fix a certificate
                 log.info("event stream from %s broke (%s); reconnecting", self.api, _describe(exc))
             failures += 1
             await asyncio.sleep(min(WATCH_RETRY_MAX, 0.1 * 2 ** min(failures, 10)))

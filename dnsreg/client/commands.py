@@ -34,6 +34,31 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         metavar="URL",
         help=f"the server's HTTP API (env DNSREG_API, default {DEFAULT_API})",
     )
+    # HTTPS and tokens (README "TLS"): each flag also from the environment.
+    api.add_argument(
+        "--ca",
+        default=os.environ.get("DNSREG_CA"),
+        metavar="FILE",
+        help="trust this CA (PEM) for an https:// API (env DNSREG_CA)",
+    )
+    api.add_argument(
+        "--cert",
+        default=os.environ.get("DNSREG_CERT"),
+        metavar="FILE",
+        help="client certificate (PEM) for a server with tls_client_ca (env DNSREG_CERT)",
+    )
+    api.add_argument(
+        "--key",
+        default=os.environ.get("DNSREG_KEY"),
+        metavar="FILE",
+        help="the private key of --cert, if not in the same file (env DNSREG_KEY)",
+    )
+    api.add_argument(
+        "--token",
+        default=None,
+        metavar="SECRET",
+        help="sent as Authorization: Bearer (default: env DNSREG_TOKEN, which ps cannot show)",
+    )
     fields = argparse.ArgumentParser(add_help=False)
     fields.add_argument("--port", type=int, required=True, help="the port the service listens on")
     fields.add_argument("--id", help="instance id (default: <host name>-<port>)")
@@ -136,7 +161,7 @@ def run_command(args: argparse.Namespace) -> int:
 
 
 def _client(args: argparse.Namespace) -> Client:
-    return Client(args.api)
+    return Client(args.api, ca=args.ca, cert=args.cert, key=args.key, token=args.token)
 
 
 def _spec(

@@ -19,15 +19,22 @@ from urllib.parse import urlsplit
 from dnsreg.core.errors import ConfigError
 from dnsreg.core.registry import Registry
 from dnsreg.store.base import Store
+from dnsreg.store.etcd_options import EtcdOptions
 
 _BACKENDS = {
     "sqlite": "dnsreg.store.sqlite",
     "etcd": "dnsreg.store.etcd",
+    "etcds": "dnsreg.store.etcd",  # etcd over TLS
 }
 
 
 def open_store(
-    url: str, *, data_dir: Path, registry: Registry, clock: Callable[[], float]
+    url: str,
+    *,
+    data_dir: Path,
+    registry: Registry,
+    clock: Callable[[], float],
+    etcd: EtcdOptions | None = None,
 ) -> Store:
     """Build the store named by ``url`` (``sqlite``, ``sqlite:///path``, ``etcd://...``)."""
     scheme = urlsplit(url).scheme or url
@@ -42,7 +49,13 @@ def open_store(
     except ModuleNotFoundError as exc:
         raise ConfigError(f"store {scheme!r} is not available in this build: {exc}") from exc
     factory: Callable[..., Store] = module.create
+    if module_name == "dnsreg.store.etcd":
+        return factory(url, data_dir=data_dir, registry=registry, clock=clock, options=etcd)
+    if etcd is not None and etcd != EtcdOptions():
+        raise ConfigError(
+            "etcd_ca, etcd_cert, etcd_key, etcd_user and etcd_password need an etcd store"
+        )
     return factory(url, data_dir=data_dir, registry=registry, clock=clock)
 
 
-__all__ = ["Store", "open_store"]
+__all__ = ["EtcdOptions", "Store", "open_store"]

@@ -1,6 +1,7 @@
 """The etcd store: several dnsreg nodes share one registry kept in etcd.
 
-URL: ``etcd://host:port[,host:port...]/prefix``.
+URL: ``etcd://host:port[,host:port...]/prefix``, or ``etcds://`` for TLS to etcd
+(with the ``etcd_*`` settings of :mod:`dnsreg.store.etcd_options`).
 
 - Every instance is one key; its lease TTL is an etcd lease. A heartbeat to
   any node renews that lease; when no node renews it, etcd itself deletes the
@@ -35,6 +36,7 @@ import math
 import secrets
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -57,26 +59,46 @@ from dnsreg.store.etcd_codec import (
     encode_cause,
 )
 from dnsreg.store.etcd_mirror import CAS_ATTEMPTS, EtcdMirror
+from dnsreg.store.etcd_options import EtcdOptions
 
 log = logging.getLogger("dnsreg.store.etcd")
 
 
-def create(url: str, *, data_dir: Path, registry: Registry, clock: Callable[[], float]) -> Store:
+def create(
+    url: str,
+    *,
+    data_dir: Path,
+    registry: Registry,
+    clock: Callable[[], float],
+    options: EtcdOptions | None = None,
+) -> Store:
     endpoints, prefix = parse_url(url)
-    return EtcdStore(endpoints, prefix, registry, clock)
+    options = replace(options or EtcdOptions(), tls=endpoints[0].startswith("https://"))
+    return EtcdStore(endpoints, prefix, registry, clock, options=options)
 
 
 def parse_url(url: str) -> tuple[list[str], str]:
-    """``etcd://h1:p1,h2:p2/prefix`` → (["http://h1:p1", ...], "/prefix/")."""
+    """``etcd://h1:p1,h2:p2/prefix`` → (["http://h1:p1", ...], "/prefix/").
+
+    ``etcds://`` gives ``https://`` endpoints: TLS to etcd's client port.
+    """
     parts = urlsplit(url)
-    if parts.scheme != "etcd" or not parts.netloc:
-        raise ConfigError(f"store {url!r}: expected etcd://host:port[,host:port...]/prefix")
+    if parts.scheme not in ("etcd", "etcds") or not parts.netloc:
+        raise ConfigError(
+            f"store {url!r}: expected etcd://host:port[,host:port...]/prefix (or etcds://)"
+        )
+    if "@" in parts.netloc:
+        # Never echo this URL: it holds a password.
+        raise ConfigError(
+            "store: credentials do not go in the etcd URL; use etcd_user and etcd_password"
+        )
+    scheme = "https" if parts.scheme == "etcds" else "http"
     endpoints = []
     for item in parts.netloc.split(","):
         host, sep, port = item.strip().rpartition(":")
         if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
             raise ConfigError(f"store {url!r}: {item!r} is not host:port")
-        endpoints.append(f"http://{host}:{port}")
+        endpoints.append(f"{scheme}://{host}:{port}")
     return endpoints, Layout.from_path(parts.path).prefix
 
 

@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import ssl
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -36,6 +37,15 @@ from typing import Any
 
 import aiohttp
 
+from dnsreg.store.etcd_auth import (
+    PERMISSION_DENIED,
+    auth_message,
+    needs_auth,
+    strip,
+    tls_alert,
+    tls_reason,
+    token_rejected,
+)
 from dnsreg.store.etcd_codec import Event, KeyValue, b64
 
 log = logging.getLogger("dnsreg.etcd")
@@ -57,6 +67,15 @@ class EtcdError(Exception):
         super().__init__(message)
         self.message = message
         self.code = code
+
+
+class EtcdRefused(EtcdError):
+    """etcd will not let us in: bad credentials, no permission, or a TLS failure.
+
+    Retrying cannot help until the settings change, so the store reports it at
+    once (a :class:`~dnsreg.core.errors.ConfigError` at start). The message
+    never holds the password or the token.
+    """
 
 
 class EtcdUnavailable(EtcdError):
@@ -122,10 +141,16 @@ class EtcdClient:
         request_timeout: float = 2.0,
         budget: float = 5.0,
         on_contact: Callable[[], None] | None = None,
+        tls: ssl.SSLContext | None = None,
+        credentials: tuple[str, str] | None = None,
     ) -> None:
         if not endpoints:
             raise ValueError("at least one etcd endpoint is needed")
         self.endpoints = [e.rstrip("/") for e in endpoints]
+        self.tls = tls
+        self.credentials = credentials  # (user, password) for etcd's auth; None: none
+        self._token: str | None = None  # from /v3/auth/authenticate; a secret, never logged
+        self._auth_lock = asyncio.Lock()
         self.connect_timeout = connect_timeout
         self.request_timeout = request_timeout
         self.budget = budget
@@ -148,7 +173,9 @@ class EtcdClient:
             # No total timeout here: unary calls set their own, a watch has none.
             self._session = aiohttp.ClientSession(
                 timeout=aiohttp.ClientTimeout(total=None, connect=self.connect_timeout),
-                connector=aiohttp.TCPConnector(limit=64, enable_cleanup_closed=True),
+                connector=aiohttp.TCPConnector(
+                    limit=64, enable_cleanup_closed=True, ssl=self.tls if self.tls else True
+                ),
             )
 
     async def close(self) -> None:
@@ -160,17 +187,50 @@ class EtcdClient:
     async def call_once(
         self, endpoint: str, path: str, body: Mapping[str, Any], *, within: float | None = None
     ) -> dict[str, Any]:
-        """One attempt on one endpoint. Raises EtcdError, or _Retry for a failover case."""
+        """One attempt on one endpoint. Raises EtcdError, or _Retry for a failover case.
+
+        With credentials, a token rejected as invalid (expired, or etcd restarted
+        and forgot it) is replaced by a fresh one and the request sent once more:
+        etcd checks the token before it proposes a request, so the first
+        attempt cannot have been applied.
+        """
+        token = await self._ensure_token(endpoint, within)
+        try:
+            return await self._post(endpoint, path, body, within=within, token=token)
+        except EtcdError as exc:
+            if self.credentials is None or not token_rejected(exc.code, exc.message):
+                raise
+        log.info("etcd: auth token no longer valid at %s; authenticating again", endpoint)
+        self._drop_token(token)
+        token = await self._ensure_token(endpoint, within)
+        return await self._post(endpoint, path, body, within=within, token=token)
+
+    async def _post(
+        self,
+        endpoint: str,
+        path: str,
+        body: Mapping[str, Any],
+        *,
+        within: float | None,
+        token: str | None,
+    ) -> dict[str, Any]:
         session = self._session
         if session is None:
             raise EtcdUnavailable("the etcd client is closed")
         limit = aiohttp.ClientTimeout(
             total=within or self.request_timeout, connect=self.connect_timeout
         )
+        # etcd's grpc-gateway hands the Authorization header to the server as the
+        # "authorization" metadata, where etcd looks for the token.
+        headers = {"Authorization": token} if token else None
         try:
-            async with session.post(endpoint + path, json=body, timeout=limit) as resp:
+            async with session.post(
+                endpoint + path, json=body, headers=headers, timeout=limit
+            ) as resp:
                 raw = await resp.read()
                 status = resp.status
+        except aiohttp.ClientSSLError as exc:
+            raise EtcdRefused(f"etcd at {endpoint}: TLS failed: {tls_reason(exc)}") from None
         except aiohttp.ClientConnectorError as exc:
             # Never reached the server: the request was not sent.
             reason = f"{endpoint}: {exc.os_error or exc}"
@@ -178,6 +238,8 @@ class EtcdClient:
         except TimeoutError as exc:
             raise _Retry(f"{endpoint}: no answer in time", ambiguous=True) from exc
         except aiohttp.ClientError as exc:
+            if tls_alert(exc):
+                raise EtcdRefused(f"etcd at {endpoint}: TLS failed: {tls_reason(exc)}") from None
             raise _Retry(f"{endpoint}: {exc}", ambiguous=True) from exc
         try:
             data: dict[str, Any] = json.loads(raw) if raw else {}
@@ -195,7 +257,53 @@ class EtcdClient:
             raise _Retry(f"{endpoint}: {message}", ambiguous=not not_proposed)
         if self.on_contact is not None:
             self.on_contact()  # the member answered: it is reachable, just unhappy
+        if code == PERMISSION_DENIED or needs_auth(message):
+            raise EtcdRefused(auth_message(message, code, self.credentials), code)
         raise EtcdError(message, code)
+
+    # ------------------------------------------------------------------- auth
+    async def _ensure_token(self, endpoint: str, within: float | None) -> str | None:
+        """The current auth token, authenticating first if there is none (one at a time)."""
+        if self.credentials is None:
+            return None
+        if self._token is not None:
+            return self._token
+        async with self._auth_lock:
+            if self._token is None:
+                self._token = await self._authenticate(endpoint, within)
+            return self._token
+
+    def _drop_token(self, token: str | None) -> None:
+        if self._token == token:  # not one another call already renewed
+            self._token = None
+
+    async def _authenticate(self, endpoint: str, within: float | None) -> str:
+        """``POST /v3/auth/authenticate`` → a token (etcd's Auth.Authenticate RPC)."""
+        assert self.credentials is not None
+        user, password = self.credentials
+        try:
+            data = await self._post(
+                endpoint,
+                "/v3/auth/authenticate",
+                {"name": user, "password": password},
+                within=within,
+                token=None,
+            )
+        except EtcdRefused:
+            raise
+        except EtcdError as exc:
+            if "authentication is not enabled" in exc.message:
+                # Nothing to log in to: carry on without a token (etcd ignores none).
+                log.warning("etcd: etcd_user %r is set but etcd has authentication off", user)
+                return ""
+            raise EtcdRefused(
+                f"etcd refused user {user!r}: {strip(exc.message)}", exc.code
+            ) from None
+        token = data.get("token")
+        if not isinstance(token, str) or not token:
+            raise EtcdRefused(f"etcd accepted user {user!r} but sent no token")
+        log.info("etcd: authenticated as %r", user)
+        return token
 
     async def call(
         self,
@@ -348,6 +456,12 @@ class EtcdClient:
         # "hasleader" makes a member that loses its leader cancel the watch
         # instead of going quiet while the cluster moves on without it.
         headers = {"Grpc-Metadata-hasleader": "true"}
+        try:
+            token = await self._ensure_token(endpoint, None)
+        except _Retry as retry:
+            raise EtcdUnavailable(retry.reason) from None
+        if token:
+            headers["Authorization"] = token
         limit = aiohttp.ClientTimeout(total=None, connect=self.connect_timeout, sock_read=None)
         try:
             async with session.post(
@@ -378,6 +492,8 @@ class EtcdClient:
         if "error" in data:
             error = data["error"]
             message = error.get("message", str(error)) if isinstance(error, dict) else str(error)
+            if "invalid auth token" in message:
+                self._token = None  # the next call (and the resumed watch) logs in again
             raise EtcdUnavailable(f"{endpoint}: watch error: {message}")
         result = data.get("result", {})
         if result.get("compact_revision") and result.get("canceled"):

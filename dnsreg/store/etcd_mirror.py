@@ -21,13 +21,14 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from dnsreg.core.errors import Unavailable
+from dnsreg.core.errors import ConfigError, Unavailable
 from dnsreg.core.registry import Change, ChangeKind, Registry
 from dnsreg.store.base import Store
 from dnsreg.store.etcd_client import (
     Compacted,
     EtcdClient,
     EtcdError,
+    EtcdRefused,
     EtcdUnavailable,
 )
 from dnsreg.store.etcd_codec import (
@@ -42,6 +43,7 @@ from dnsreg.store.etcd_codec import (
     resync_changes,
     snapshot,
 )
+from dnsreg.store.etcd_options import EtcdOptions
 
 log = logging.getLogger("dnsreg.store.etcd")
 
@@ -61,11 +63,23 @@ class EtcdMirror(Store):
     kind = "etcd"
 
     def __init__(
-        self, endpoints: list[str], prefix: str, registry: Registry, clock: Callable[[], float]
+        self,
+        endpoints: list[str],
+        prefix: str,
+        registry: Registry,
+        clock: Callable[[], float],
+        *,
+        options: EtcdOptions | None = None,
     ) -> None:
         super().__init__(registry, clock)
         self.layout = Layout(prefix)
-        self.client = EtcdClient(endpoints, on_contact=self._contact)
+        options = options or EtcdOptions()
+        self.client = EtcdClient(
+            endpoints,
+            on_contact=self._contact,
+            tls=options.ssl_context(),
+            credentials=options.credentials,
+        )
         host = "".join(c if c.isalnum() or c in "-." else "-" for c in socket.gethostname())
         self.node_id = f"{host or 'node'}-{os.getpid()}-{secrets.token_hex(3)}"
         self.nodes: dict[str, bytes] = {}
@@ -98,6 +112,13 @@ class EtcdMirror(Store):
                 await self._resync()
                 await self._join()
                 break
+            except EtcdRefused as exc:
+                # Bad credentials, no permission, an untrusted certificate: waiting
+                # will not fix the settings, so say so at once.
+                await self.client.close()
+                raise ConfigError(
+                    f"etcd at {', '.join(self.client.endpoints)}: {exc.message}"
+                ) from exc
             except (EtcdError, OSError) as exc:
                 if time.monotonic() >= deadline:
                     await self.client.close()
