@@ -90,7 +90,7 @@ async def start_server(config: Config, **kwargs: Any) -> Server:
 # --------------------------------------------------------------------------------------
 # A server in its own process: for SIGKILL, SIGHUP and SIGTERM, and the real entry point.
 
-_LISTEN = re.compile(r"DNS on [^ ]+:(\d+) \(udp\+tcp\), HTTP on http://[^ ]+:(\d+)")
+_LISTEN = re.compile(r"DNS on [^ ]+:(\d+) \(udp\+tcp\), HTTP on https?://[^ ]+:(\d+)")
 
 
 @dataclass

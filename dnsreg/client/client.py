@@ -30,7 +30,13 @@ import aiohttp
 from dnsreg.client.lease import TRANSIENT, Lease
 from dnsreg.client.registration import InstanceSpec
 from dnsreg.client.sse import SseParser
-from dnsreg.client.tls import auth_headers, client_context, default_token, tls_failure
+from dnsreg.client.tls import (
+    auth_headers,
+    client_context,
+    default_token,
+    disconnect_hint,
+    tls_failure,
+)
 from dnsreg.core.changelog import JITTER_FRACTION, parse_wait
 from dnsreg.core.errors import (
     Conflict,
@@ -136,6 +142,7 @@ class Client:
         """
         self.api = api.rstrip("/")
         self._tls = client_context(ca, cert, key)  # bad files fail here, not at first call
+        self._has_cert = cert is not None
         self._headers = auth_headers(token if token is not None else default_token())
         self.dns_host, self.dns_port = split_host_port(dns, 53)
         self.domain = domain.strip(".")
@@ -193,6 +200,9 @@ class Client:
             tls = tls_failure(self.api, exc)
             if tls is not None:
                 raise tls from exc
+            hint = disconnect_hint(self.api, exc, has_cert=self._has_cert)
+            if hint is not None:
+                raise Unreachable(hint) from exc
             raise Unreachable(f"cannot reach {self.api}: {_describe(exc)}") from exc
         try:
             payload = json.loads(text) if text else {}

@@ -80,6 +80,24 @@ def tls_failure(api: str, exc: BaseException) -> TlsFailure | None:
     return None
 
 
+def disconnect_hint(api: str, exc: BaseException, *, has_cert: bool) -> str | None:
+    """Why an https:// server may have hung up on us, when that is the likely reason.
+
+    With TLS 1.3 a server checks the client certificate after the handshake
+    (RFC 8446 §4.4.2.4), and its "certificate required" alert often arrives as a
+    plain disconnect, so say what most likely happened.
+    """
+    if not api.startswith("https://") or has_cert:
+        return None
+    if isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientOSError):
+        return (
+            f"cannot reach {api}: the server closed the connection ({exc}); "
+            "if it requires client certificates (tls_client_ca), give one with "
+            "--cert FILE --key FILE"
+        )
+    return None
+
+
 def _reason(exc: BaseException) -> str:
     if isinstance(exc, ssl.SSLError) and exc.reason:
         return str(exc.reason).lower().replace("_", " ")

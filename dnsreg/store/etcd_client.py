@@ -78,6 +78,10 @@ class EtcdRefused(EtcdError):
     """
 
 
+class EtcdTlsFailed(EtcdRefused):
+    """The TLS handshake with etcd failed (untrusted certificate, client certificate refused)."""
+
+
 class EtcdUnavailable(EtcdError):
     """No endpoint could carry out the call within its budget."""
 
@@ -230,7 +234,7 @@ class EtcdClient:
                 raw = await resp.read()
                 status = resp.status
         except aiohttp.ClientSSLError as exc:
-            raise EtcdRefused(f"etcd at {endpoint}: TLS failed: {tls_reason(exc)}") from None
+            raise EtcdTlsFailed(f"etcd at {endpoint}: TLS failed: {tls_reason(exc)}") from None
         except aiohttp.ClientConnectorError as exc:
             # Never reached the server: the request was not sent.
             reason = f"{endpoint}: {exc.os_error or exc}"
@@ -239,7 +243,7 @@ class EtcdClient:
             raise _Retry(f"{endpoint}: no answer in time", ambiguous=True) from exc
         except aiohttp.ClientError as exc:
             if tls_alert(exc):
-                raise EtcdRefused(f"etcd at {endpoint}: TLS failed: {tls_reason(exc)}") from None
+                raise EtcdTlsFailed(f"etcd at {endpoint}: TLS failed: {tls_reason(exc)}") from None
             raise _Retry(f"{endpoint}: {exc}", ambiguous=True) from exc
         try:
             data: dict[str, Any] = json.loads(raw) if raw else {}
@@ -289,7 +293,7 @@ class EtcdClient:
                 within=within,
                 token=None,
             )
-        except EtcdRefused:
+        except EtcdTlsFailed:
             raise
         except EtcdError as exc:
             if "authentication is not enabled" in exc.message:

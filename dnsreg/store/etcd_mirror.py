@@ -116,9 +116,7 @@ class EtcdMirror(Store):
                 # Bad credentials, no permission, an untrusted certificate: waiting
                 # will not fix the settings, so say so at once.
                 await self.client.close()
-                raise ConfigError(
-                    f"etcd at {', '.join(self.client.endpoints)}: {exc.message}"
-                ) from exc
+                raise ConfigError(exc.message) from exc
             except (EtcdError, OSError) as exc:
                 if time.monotonic() >= deadline:
                     await self.client.close()

@@ -13,6 +13,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import time
 from collections.abc import AsyncIterator, Callable
@@ -44,10 +45,11 @@ class Member:
     data_dir: Path
     log: Path
     proc: subprocess.Popen[bytes] | None = None
+    scheme: str = "http"  # https: the cluster was started with TLS flags (extra_args)
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.client_port}"
+        return f"{self.scheme}://127.0.0.1:{self.client_port}"
 
     @property
     def endpoint(self) -> str:
@@ -61,13 +63,25 @@ class EtcdCluster:
     root: Path
     size: int = 1
     members: list[Member] = field(default_factory=list)
+    # TLS clusters: etcd flags such as --cert-file, and the context the fixture's own
+    # health checks and calls use (it must carry a client cert under --client-cert-auth).
+    extra_args: list[str] = field(default_factory=list)
+    tls: ssl.SSLContext | None = None
 
     def __post_init__(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
+        scheme = "https" if self.tls is not None else "http"
         for n in range(self.size):
             name = f"m{n}"
             self.members.append(
-                Member(name, free_port(), free_port(), self.root / name, self.root / f"{name}.log")
+                Member(
+                    name,
+                    free_port(),
+                    free_port(),
+                    self.root / name,
+                    self.root / f"{name}.log",
+                    scheme=scheme,
+                )
             )
 
     @property
@@ -94,6 +108,7 @@ class EtcdCluster:
             "--initial-cluster-token", f"dnsreg-test-{os.getpid()}",
             "--logger", "zap",
             "--log-level", "error",
+            *self.extra_args,
         ]  # fmt: skip
         with member.log.open("ab") as out:  # the child keeps its own descriptor
             member.proc = subprocess.Popen(
@@ -108,7 +123,10 @@ class EtcdCluster:
     async def wait_healthy(self, members: list[Member], within: float = 15.0) -> None:
         """Every member in ``members`` answers /health with a leader in place."""
         deadline = time.monotonic() + within
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=1)) as http:
+        async with aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=1),
+            connector=aiohttp.TCPConnector(ssl=self.tls if self.tls is not None else True),
+        ) as http:
             for member in members:
                 while True:
                     if member.proc is not None and member.proc.poll() is not None:
