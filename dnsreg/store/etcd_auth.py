@@ -32,7 +32,7 @@ def auth_message(message: str, code: int, credentials: tuple[str, str] | None) -
         return f"etcd requires authentication ({reason}): set etcd_user and etcd_password"
     if code == PERMISSION_DENIED:
         who = f"user {credentials[0]!r}" if credentials else "this client"
-        return f"etcd denied {who} access ({reason}): grant its role the prefix"
+        return f"etcd denied {who} access ({reason}): grant its role readwrite on the prefix"
     return reason
 
 

@@ -24,6 +24,7 @@ from typing import Any
 from dnsreg.core.errors import ConfigError, Unavailable
 from dnsreg.core.registry import Change, ChangeKind, Registry
 from dnsreg.store.base import Store
+from dnsreg.store.etcd_auth import PERMISSION_DENIED
 from dnsreg.store.etcd_client import (
     Compacted,
     EtcdClient,
@@ -116,7 +117,8 @@ class EtcdMirror(Store):
                 # Bad credentials, no permission, an untrusted certificate: waiting
                 # will not fix the settings, so say so at once.
                 await self.client.close()
-                raise ConfigError(exc.message) from exc
+                where = f" {self.layout.prefix}" if exc.code == PERMISSION_DENIED else ""
+                raise ConfigError(exc.message + where) from exc
             except (EtcdError, OSError) as exc:
                 if time.monotonic() >= deadline:
                     await self.client.close()

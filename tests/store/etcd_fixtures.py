@@ -115,6 +115,13 @@ class EtcdCluster:
                 command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
             )
 
+    def session(self, total: float) -> aiohttp.ClientSession:
+        """An HTTP session for the fixture's own calls (over TLS for a TLS cluster)."""
+        return aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=total),
+            connector=aiohttp.TCPConnector(ssl=self.tls if self.tls is not None else True),
+        )
+
     async def start(self, within: float = 15.0) -> None:
         for member in self.members:
             self._launch(member)
@@ -123,10 +130,7 @@ class EtcdCluster:
     async def wait_healthy(self, members: list[Member], within: float = 15.0) -> None:
         """Every member in ``members`` answers /health with a leader in place."""
         deadline = time.monotonic() + within
-        async with aiohttp.ClientSession(
-            timeout=aiohttp.ClientTimeout(total=1),
-            connector=aiohttp.TCPConnector(ssl=self.tls if self.tls is not None else True),
-        ) as http:
+        async with self.session(1) as http:
             for member in members:
                 while True:
                     if member.proc is not None and member.proc.poll() is not None:
@@ -165,7 +169,7 @@ class EtcdCluster:
 
     async def leader(self) -> Member:
         """The member that leads now (asked of a live member)."""
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as http:
+        async with self.session(2) as http:
             ids: dict[str, Member] = {}
             leader = ""
             for member in self.members:
@@ -179,7 +183,7 @@ class EtcdCluster:
 
     async def call(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         """One JSON-gateway call on any live member (test plumbing: compaction, reads)."""
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as http:
+        async with self.session(5) as http:
             for member in self.members:
                 if member.proc is None:
                     continue
