@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import ssl
 import time
 from collections.abc import Callable
 from typing import Any
@@ -16,7 +17,7 @@ from typing import Any
 from aiohttp import web
 
 from dnsreg.config import Config
-from dnsreg.core.errors import ZoneError
+from dnsreg.core.errors import ConfigError, ZoneError
 from dnsreg.core.names import to_text
 from dnsreg.core.preservation import ExpiryGuard
 from dnsreg.core.registry import Registry
@@ -29,7 +30,7 @@ from dnsreg.health.checker import Checker, PanicWatch
 from dnsreg.health.metrics import HealthCollector
 from dnsreg.http.api import Api
 from dnsreg.http.metrics import Metrics
-from dnsreg.http.tls import server_context
+from dnsreg.http.tls import reload_certificate, server_context
 from dnsreg.store import EtcdOptions, Store, open_store
 
 log = logging.getLogger("dnsreg")
@@ -50,6 +51,7 @@ class Server:
         self.api: Api | None = None
         self.dns_port = 0
         self.http_port = 0
+        self.tls: ssl.SSLContext | None = None
         self._stopped = asyncio.Event()
 
     # -------------------------------------------------------------- lifecycle
@@ -57,7 +59,7 @@ class Server:
         cfg = self.config
         origin = cfg.origin
         # 0. TLS files are checked before anything starts: a bad one is a ConfigError.
-        tls = server_context(cfg.tls_cert, cfg.tls_key, cfg.tls_client_ca)
+        tls = self.tls = server_context(cfg.tls_cert, cfg.tls_key, cfg.tls_client_ca)
         # 1. The store fills the registry.
         self.store = open_store(
             cfg.store,
@@ -186,14 +188,31 @@ class Server:
         log.info("zones reloaded: %s", ", ".join(sorted(to_text(z) for z in zones.zones)) or "none")
         return True
 
+    def reload_tls(self) -> bool:
+        """SIGHUP: a renewed certificate and key, or the old ones kept with the reason."""
+        cert, key = self.config.tls_cert, self.config.tls_key
+        if self.tls is None or cert is None or key is None:
+            return False
+        try:
+            reload_certificate(self.tls, cert, key)
+        except ConfigError as exc:
+            log.error("TLS reload failed, still serving the previous certificate: %s", exc.message)
+            return False
+        log.info("TLS certificate reloaded from %s", cert)
+        return True
+
+    def _reload(self) -> None:
+        self.reload_zones()
+        self.reload_tls()
+
     # ---------------------------------------------------------------- running
     async def serve_forever(self) -> None:
-        """Start, then run until SIGTERM/SIGINT; SIGHUP reloads the zone files."""
+        """Start, then run until SIGTERM/SIGINT; SIGHUP reloads zone files and TLS certificate."""
         loop = asyncio.get_running_loop()
         stop = asyncio.Event()
         loop.add_signal_handler(signal.SIGTERM, stop.set)
         loop.add_signal_handler(signal.SIGINT, stop.set)
-        loop.add_signal_handler(signal.SIGHUP, self.reload_zones)
+        loop.add_signal_handler(signal.SIGHUP, self._reload)
         await self.start()
         try:
             await stop.wait()

@@ -55,3 +55,21 @@ def _reason(exc: BaseException) -> str:
     if isinstance(exc, OSError) and exc.strerror:
         return exc.strerror
     return str(exc) or type(exc).__name__
+
+
+def reload_certificate(context: ssl.SSLContext, cert: Path, key: Path) -> None:
+    """SIGHUP: load the (renewed) certificate and key into the live context.
+
+    OpenSSL replaces the context's certificate and key, so connections accepted
+    from now on present the new pair and open ones carry on. A file that does
+    not load raises ConfigError and leaves the context serving the old pair.
+    """
+    try:
+        # Load into a scratch context first: a failure half-way through must not
+        # leave the live one with a certificate that does not match its key.
+        ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(cert, key)
+        context.load_cert_chain(cert, key)
+    except (ssl.SSLError, OSError) as exc:
+        raise ConfigError(
+            f"tls_cert {cert} / tls_key {key}: cannot load the certificate and key ({_reason(exc)})"
+        ) from exc

@@ -5,6 +5,7 @@ made in the test (trustme)."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -19,7 +20,7 @@ from dnsreg.client import Client
 from dnsreg.client.tls import TlsFailure
 from dnsreg.core.errors import ConfigError, DnsregError, Unreachable
 from tests.certs import Pki, make_pki
-from tests.helpers import Process, make_config, spawn_server, start_server
+from tests.helpers import Process, make_config, spawn_server, start_server, wait_until
 
 
 @pytest.fixture
@@ -205,3 +206,36 @@ async def test_server_start_raises_config_error_in_process(tmp_path: Path, pki: 
         await server.start()
     assert server.store is None
     assert server.http_runner is None
+
+
+def test_sighup_reloads_a_renewed_certificate_and_keeps_the_old_one_if_broken(
+    tmp_path: Path, pki: Pki
+) -> None:
+    live = tmp_path / "live"
+    live.mkdir()
+    (tmp_path / "zones").mkdir()
+    cert, key = live / "cert.pem", live / "key.pem"
+    cert.write_bytes(pki.server_cert.read_bytes())
+    key.write_bytes(pki.server_key.read_bytes())
+    server = spawn_server(tmp_path, "--tls-cert", str(cert), "--tls-key", str(key))
+    api = f"https://127.0.0.1:{server.http_port}"
+    try:
+        assert cli("ls", "--api", api, "--ca", str(pki.ca)).returncode == 0
+        # A broken renewal: the server says why and keeps serving the old pair.
+        cert.write_text("not a certificate\n")
+        server.signal(signal.SIGHUP)
+        wait_until(lambda: "TLS reload failed" in server.log.read_text())
+        assert cli("ls", "--api", api, "--ca", str(pki.ca)).returncode == 0
+        # A good renewal, from another CA: new connections present it.
+        renewed = make_pki(tmp_path / "renewed")
+        cert.write_bytes(renewed.server_cert.read_bytes())
+        key.write_bytes(renewed.server_key.read_bytes())
+        server.signal(signal.SIGHUP)
+        wait_until(lambda: "TLS certificate reloaded" in server.log.read_text())
+        assert cli("ls", "--api", api, "--ca", str(renewed.ca)).returncode == 0
+        old = cli("ls", "--api", api, "--ca", str(pki.ca))
+        assert old.returncode == 1
+        assert "not trusted" in old.stderr
+    finally:
+        server.proc.terminate()
+        server.proc.wait(timeout=10)
