@@ -22,6 +22,7 @@ from dnsreg.client.client import (
 )
 from dnsreg.client.lease import Lease
 from dnsreg.client.registration import InstanceSpec
+from dnsreg.client.tls import TlsFailure
 
 # The errors a client sees, importable from where the client is.
 from dnsreg.core.errors import (
@@ -50,6 +51,7 @@ __all__ = [
     "ServerError",
     "Services",
     "Target",
+    "TlsFailure",
     "Unavailable",
     "Unreachable",
 ]

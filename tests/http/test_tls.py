@@ -16,8 +16,7 @@ import dns.message
 import pytest
 
 from dnsreg.app import Server
-from dnsreg.client import Client
-from dnsreg.client.tls import TlsFailure
+from dnsreg.client import Client, TlsFailure
 from dnsreg.core.errors import ConfigError, DnsregError, Unreachable
 from tests.certs import Pki, make_pki
 from tests.helpers import Process, make_config, spawn_server, start_server, wait_until
