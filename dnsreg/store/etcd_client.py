@@ -202,7 +202,11 @@ class EtcdClient:
         try:
             return await self._post(endpoint, path, body, within=within, token=token)
         except EtcdError as exc:
-            if self.credentials is None or not token_rejected(exc.code, exc.message):
+            # "Token" "" means etcd had auth off when we logged in; it may be on now.
+            stale = token_rejected(exc.code, exc.message) or (
+                token == "" and needs_auth(exc.message)
+            )
+            if self.credentials is None or not stale:
                 raise
         log.info("etcd: auth token no longer valid at %s; authenticating again", endpoint)
         self._drop_token(token)

@@ -223,3 +223,37 @@ def test_wrong_password_from_the_command_line_exits_2(
     assert "etcd refused user 'dnsreg': authentication failed" in result.stderr
     assert "not-it" not in result.stderr
     assert "Traceback" not in result.stderr
+
+
+async def test_credentials_before_etcd_turns_auth_on_then_after(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """etcd_user set while etcd has auth off: dnsreg says so and works; once an operator
+    turns auth on, dnsreg logs in by itself."""
+    caplog.set_level(logging.INFO)
+    cluster = EtcdCluster(tmp_path / "etcd-later", 1)
+    try:
+        await cluster.start()
+        config = make_config(
+            tmp_path, store=f"etcd://{cluster.endpoints}/dnsreg",
+            etcd_user="dnsreg", etcd_password=PASSWORD,
+        )  # fmt: skip
+        server = await start_server(config)
+        try:
+            assert "etcd has authentication off" in caplog.text
+            assert await register_and_resolve(server, "10.0.0.41") == ["10.0.0.41"]
+            root = f"root:{PASSWORD}-root"
+            etcdctl(cluster, "user", "add", root)
+            etcdctl(cluster, "role", "add", "dnsreg")
+            etcdctl(cluster, "role", "grant-permission", "dnsreg", "--prefix=true", "readwrite",
+                    "/dnsreg/")  # fmt: skip
+            etcdctl(cluster, "user", "add", f"dnsreg:{PASSWORD}")
+            etcdctl(cluster, "user", "grant-role", "dnsreg", "dnsreg")
+            etcdctl(cluster, "auth", "enable")
+            assert await register_and_resolve(server, "10.0.0.42") == ["10.0.0.42"]
+            assert "authenticated as 'dnsreg'" in caplog.text
+        finally:
+            await server.stop()
+    finally:
+        await cluster.close()
+    assert PASSWORD not in caplog.text
