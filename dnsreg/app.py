@@ -28,6 +28,7 @@ from dnsreg.dns.zones import StaticZones, load_zones
 from dnsreg.health.checker import Checker, PanicWatch
 from dnsreg.health.metrics import HealthCollector
 from dnsreg.http.api import Api
+from dnsreg.http.auth import Auth, AuthMode, decide_mode
 from dnsreg.http.metrics import Metrics
 from dnsreg.store import Store, open_store
 
@@ -47,6 +48,7 @@ class Server:
         self.dns: DnsServer | None = None
         self.http_runner: web.AppRunner | None = None
         self.api: Api | None = None
+        self.auth: Auth | None = None
         self.dns_port = 0
         self.http_port = 0
         self._stopped = asyncio.Event()
@@ -55,6 +57,8 @@ class Server:
     async def start(self) -> None:
         cfg = self.config
         origin = cfg.origin
+        # 0. Who may write (SPEC §7): decided before anything opens, so a refusal is clean.
+        self.auth = self._auth()
         # 1. The store fills the registry.
         self.store = open_store(
             cfg.store, data_dir=cfg.data_dir, registry=self.registry, clock=self.clock
@@ -98,6 +102,7 @@ class Server:
                 metrics,
                 max_body_bytes=cfg.max_body_bytes,
                 describe=self.describe,
+                auth=self.auth,
                 events_buffer=cfg.events_buffer,
                 events_keepalive=cfg.events_keepalive,
             )
@@ -143,8 +148,27 @@ class Server:
         if self.responder is not None:
             self.responder.stale = stale
 
+    def _auth(self) -> Auth:
+        cfg = self.config
+        mode = decide_mode(
+            cfg.http.host, acl_file=cfg.acl_file, insecure_open_api=cfg.insecure_open_api
+        )
+        if mode is AuthMode.OPEN_INSECURE:
+            log.warning(
+                "no ACL file and --insecure-open-api: anyone who can reach %s may write",
+                cfg.http,
+            )
+        return Auth(mode, acl_file=cfg.acl_file, reads_need_token=cfg.acl_reads == "token")
+
+    def reload(self) -> None:
+        """SIGHUP: zone files and the ACL file, each kept as it was if the new one is broken."""
+        self.reload_zones()
+        if self.auth is not None:
+            self.auth.reload()
+
     def describe(self) -> dict[str, Any]:
         return {
+            "auth": self.auth.mode.value if self.auth is not None else None,
             "zone": to_text(self.config.origin),
             "dns": {"host": self.config.dns.host, "port": self.dns_port},
             "static_zones": sorted(to_text(z) for z in self.static.zones),
@@ -179,12 +203,12 @@ class Server:
 
     # ---------------------------------------------------------------- running
     async def serve_forever(self) -> None:
-        """Start, then run until SIGTERM/SIGINT; SIGHUP reloads the zone files."""
+        """Start, then run until SIGTERM/SIGINT; SIGHUP reloads the zone and ACL files."""
         loop = asyncio.get_running_loop()
         stop = asyncio.Event()
         loop.add_signal_handler(signal.SIGTERM, stop.set)
         loop.add_signal_handler(signal.SIGINT, stop.set)
-        loop.add_signal_handler(signal.SIGHUP, self.reload_zones)
+        loop.add_signal_handler(signal.SIGHUP, self.reload)
         await self.start()
         try:
             await stop.wait()
