@@ -106,14 +106,10 @@ def authorize(principal: Principal | None, right: Right, service: str | None) ->
             "a token is required: send Authorization: Bearer <secret>",
             detail={"missing": "token"},
         )
-    if right not in principal.granted():
+    if right not in principal.granted() or (service is not None and not principal.covers(service)):
+        scope = f" for service {service!r}" if service is not None else ""
         raise Forbidden(
-            f"token {principal.name!r} lacks the {right.value} right",
-            detail={"missing": right.value, "service": service, "token": principal.name},
-        )
-    if service is not None and not principal.covers(service):
-        raise Forbidden(
-            f"token {principal.name!r} lacks the {right.value} right for service {service!r}",
+            f"token {principal.name!r} lacks the {right.value} right{scope}",
             detail={"missing": right.value, "service": service, "token": principal.name},
         )
     return principal
