@@ -158,7 +158,15 @@ class Server:
                 "no ACL file and --insecure-open-api: anyone who can reach %s may write",
                 cfg.http,
             )
-        return Auth(mode, acl_file=cfg.acl_file, reads_need_token=cfg.acl_reads == "token")
+        auth = Auth(mode, acl_file=cfg.acl_file, reads_need_token=cfg.acl_reads == "token")
+        if mode is AuthMode.TOKENS:
+            log.info(
+                "auth: %d token(s) from %s, reads %s",
+                len(auth.acl.tokens), cfg.acl_file, cfg.acl_reads,
+            )  # fmt: skip
+        else:
+            log.info("auth: %s (no ACL file)", mode.value)
+        return auth
 
     def reload(self) -> None:
         """SIGHUP: zone files and the ACL file, each kept as it was if the new one is broken."""
