@@ -8,6 +8,7 @@ tokens up on SIGHUP.
 from __future__ import annotations
 
 import argparse
+import fcntl
 import hashlib
 import os
 import secrets
@@ -87,20 +88,25 @@ def add_token(path: Path, name: str, services: list[str], *, rights: list[Right]
     where = f"acl file {path}: new token"
     check_token_name(name, where=where)
     globs = [check_glob(g.lower(), where=where) for g in services]
+    # 0600 when created: the file holds only hashes, but who may add tokens is the owner.
     try:
-        existing = path.read_text(encoding="utf-8") if path.exists() else ""
+        fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
     except OSError as exc:
         raise ConfigError(f"acl file {path}: {exc.strerror or exc}") from exc
-    acl = parse_acl(existing, str(path))  # a broken file is not appended to
-    if name in acl.names():
-        raise ConfigError(f"acl file {path}: a token named {name!r} exists already")
-    secret = secrets.token_urlsafe(SECRET_BYTES)
-    entry = format_entry(name, hashlib.sha256(secret.encode()).hexdigest(), globs, rights)
-    # A blank line between tables, whatever the file ended with.
-    text = ("" if not existing else "\n" if existing.endswith("\n") else "\n\n") + entry
-    parse_acl(existing + text, str(path))  # what we write must load
-    # 0600 when created: the file holds only hashes, but who may add tokens is the owner.
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-    with os.fdopen(fd, "a", encoding="utf-8") as f:
+    with os.fdopen(fd, "r+", encoding="utf-8") as f:
+        # Two `acl add` at once must not both pass the duplicate check.
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            existing = f.read()
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"acl file {path}: not UTF-8 text ({exc.reason})") from exc
+        acl = parse_acl(existing, str(path))  # a broken file is not appended to
+        if name in acl.names():
+            raise ConfigError(f"acl file {path}: a token named {name!r} exists already")
+        secret = secrets.token_urlsafe(SECRET_BYTES)
+        entry = format_entry(name, hashlib.sha256(secret.encode()).hexdigest(), globs, rights)
+        # A blank line between tables, whatever the file ended with.
+        text = ("" if not existing else "\n" if existing.endswith("\n") else "\n\n") + entry
+        parse_acl(existing + text, str(path))  # what we write must load
         f.write(text)
     return secret

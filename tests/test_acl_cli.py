@@ -173,3 +173,14 @@ def test_closed_reads_without_an_acl_file_refuse_to_start(tmp_path: Path) -> Non
                     "--acl-reads", "token", cwd=tmp_path)  # fmt: skip
     assert result.returncode == 2
     assert 'acl_reads = "token" needs an acl_file' in result.stderr
+
+
+def test_concurrent_adds_of_one_name_leave_one_token(tmp_path: Path) -> None:
+    acl = tmp_path / "acl.toml"
+    argv = [sys.executable, "-m", "dnsreg", "acl", "add", "same", "--services", "web"]
+    quiet = subprocess.DEVNULL
+    procs = [
+        subprocess.Popen([*argv, "--file", str(acl)], stdout=quiet, stderr=quiet) for _ in range(4)
+    ]
+    assert sorted(p.wait(timeout=30) for p in procs) == [0, 2, 2, 2]
+    assert load_acl(acl).names() == ["same"]

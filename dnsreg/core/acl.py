@@ -47,7 +47,9 @@ _ENTRY_KEYS = ("name", "sha256", "services", "rights")
 
 
 def digest(secret: str) -> bytes:
-    return hashlib.sha256(secret.encode("utf-8")).digest()
+    # HTTP servers hand undecodable header bytes over as surrogates: hash the bytes as
+    # sent, so such a header is an unknown token (401), not an encoding crash.
+    return hashlib.sha256(secret.encode("utf-8", "surrogateescape")).digest()
 
 
 @dataclass(frozen=True, slots=True)

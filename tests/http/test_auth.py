@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import logging
@@ -259,3 +260,17 @@ async def test_open_loopback_without_an_acl_file(running: Running) -> None:
     assert reply["auth"] == "open-loopback"
     status, reply, _ = await call(running, "PUT", "/v1/services/web/instances/a", None, BODY)
     assert status == 201
+
+
+async def test_a_token_header_that_is_not_utf8_is_a_401_not_a_crash(secured: Running) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", secured.server.http_port)
+    writer.write(
+        b"PUT /v1/services/web/instances/a HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+        b"Authorization: Bearer \xff\xfe\x80abc\r\nContent-Length: 2\r\n\r\n{}"
+    )
+    await writer.drain()
+    reply = await reader.read()
+    writer.close()
+    await writer.wait_closed()
+    assert reply.startswith(b"HTTP/1.1 401 ")
+    assert (await call(secured, "GET", "/v1/services", None))[1]["services"] == {}
