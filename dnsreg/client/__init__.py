@@ -27,9 +27,11 @@ from dnsreg.client.registration import InstanceSpec
 from dnsreg.core.errors import (
     Conflict,
     DnsregError,
+    Forbidden,
     InvalidInput,
     NotFound,
     ServerError,
+    Unauthorized,
     Unavailable,
     Unreachable,
 )
@@ -42,6 +44,7 @@ __all__ = [
     "Conflict",
     "DnsregError",
     "Event",
+    "Forbidden",
     "InstanceSpec",
     "Instances",
     "InvalidInput",
@@ -50,6 +53,7 @@ __all__ = [
     "ServerError",
     "Services",
     "Target",
+    "Unauthorized",
     "Unavailable",
     "Unreachable",
 ]
