@@ -97,15 +97,20 @@ class Acl:
         return [t.principal.name for t in self.tokens]
 
 
-def authorize(principal: Principal | None, right: Right, service: str | None) -> Principal:
+def authorize(
+    principal: Principal | None, right: Right, service: str | None, *, presented: bool = False
+) -> Principal:
     """The one authorisation function: return the principal, or raise.
 
     ``service`` is None for requests that span services (lists, events, metrics):
-    then holding the right for any service is enough.
+    then holding the right for any service is enough. ``presented`` says a secret was
+    sent but matched no token, which only changes the wording of the 401.
     """
     if principal is None:
         raise Unauthorized(
-            "a token is required: send Authorization: Bearer <secret>",
+            "unknown token: no token in the ACL file has this secret"
+            if presented
+            else "a token is required: send Authorization: Bearer <secret>",
             detail={"missing": "token"},
         )
     if right not in principal.granted() or (service is not None and not principal.covers(service)):

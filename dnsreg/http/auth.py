@@ -123,8 +123,9 @@ class Auth:
     ) -> Principal:
         """Every HTTP write (and closed read) goes through here before anything changes."""
         principal = self.principal(request, consul=consul)
+        presented = principal is None and _secret(request, consul=consul) is not None
         try:
-            authorize(principal, right, service)
+            authorize(principal, right, service, presented=presented)
         except (Unauthorized, Forbidden) as exc:
             self._log_refusal(request, exc)
             raise
