@@ -155,8 +155,9 @@ class Server:
         )
         if mode is AuthMode.OPEN_INSECURE:
             log.warning(
-                "no ACL file and --insecure-open-api: anyone who can reach %s may write",
-                cfg.http,
+                "no ACL file and --insecure-open-api: anyone who can reach the HTTP API on %s "
+                "may register, deregister and redirect traffic",
+                cfg.http.host,
             )
         auth = Auth(mode, acl_file=cfg.acl_file, reads_need_token=cfg.acl_reads == "token")
         if mode is AuthMode.TOKENS:
