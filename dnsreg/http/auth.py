@@ -27,6 +27,9 @@ audit = logging.getLogger("dnsreg.audit")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
+# The Consul-compatible routes (SPEC §5) also take X-Consul-Token and ?token=, as Consul does.
+CONSUL_PREFIXES = ("/v1/agent/", "/v1/catalog/", "/v1/health/", "/v1/status/")
+
 
 class AuthMode(StrEnum):
     TOKENS = "tokens"
@@ -166,7 +169,8 @@ class Auth:
         """``acl_reads = "token"``: every GET needs read (write and operator imply it)."""
         if self.reads_need_token and request.method in ("GET", "HEAD"):
             service = request.match_info.get("service")
-            self.authorize(request, Right.READ, service.lower() if service else None)
+            consul = request.path.startswith(CONSUL_PREFIXES)
+            self.authorize(request, Right.READ, service.lower() if service else None, consul=consul)
         return await handler(request)
 
 

@@ -276,3 +276,21 @@ async def test_a_token_header_that_is_not_utf8_is_a_401_not_a_crash(secured: Run
     await writer.wait_closed()
     assert reply.startswith(b"HTTP/1.1 401 ")
     assert (await call(secured, "GET", "/v1/services", None))[1]["services"] == {}
+
+
+async def test_consul_paths_take_x_consul_token_when_reads_are_closed(
+    closed_reads: Running,
+) -> None:
+    running = closed_reads
+    url = running.base + "/v1/agent/services"
+    async with running.http.get(url) as resp:
+        assert resp.status == 401
+    for headers, params in [({"X-Consul-Token": SECRETS["reader"]}, {}),
+                            ({}, {"token": SECRETS["reader"]})]:  # fmt: skip
+        async with running.http.get(url, headers=headers, params=params) as resp:
+            assert resp.status != 401  # past authorisation (the route itself may not exist)
+    # Native routes take only the Authorization header.
+    async with running.http.get(
+        running.base + "/v1/services", headers={"X-Consul-Token": SECRETS["reader"]}
+    ) as resp:
+        assert resp.status == 401
