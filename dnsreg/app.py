@@ -29,6 +29,7 @@ from dnsreg.dns.zones import StaticZones, load_zones
 from dnsreg.health.checker import Checker, PanicWatch
 from dnsreg.health.metrics import HealthCollector
 from dnsreg.http.api import Api
+from dnsreg.http.auth import Auth, AuthMode, decide_mode
 from dnsreg.http.metrics import Metrics
 from dnsreg.http.tls import reload_certificate, server_context
 from dnsreg.store import EtcdOptions, Store, open_store
@@ -49,6 +50,7 @@ class Server:
         self.dns: DnsServer | None = None
         self.http_runner: web.AppRunner | None = None
         self.api: Api | None = None
+        self.auth: Auth | None = None
         self.dns_port = 0
         self.http_port = 0
         self.tls: ssl.SSLContext | None = None
@@ -58,6 +60,8 @@ class Server:
     async def start(self) -> None:
         cfg = self.config
         origin = cfg.origin
+        # 0. Who may write (SPEC §7): decided before anything opens, so a refusal is clean.
+        self.auth = self._auth()
         # 0. TLS files are checked before anything starts: a bad one is a ConfigError.
         tls = self.tls = server_context(cfg.tls_cert, cfg.tls_key, cfg.tls_client_ca)
         # 1. The store fills the registry.
@@ -107,6 +111,7 @@ class Server:
                 metrics,
                 max_body_bytes=cfg.max_body_bytes,
                 describe=self.describe,
+                auth=self.auth,
                 events_buffer=cfg.events_buffer,
                 events_keepalive=cfg.events_keepalive,
             )
@@ -154,8 +159,38 @@ class Server:
         if self.responder is not None:
             self.responder.stale = stale
 
+    def _auth(self) -> Auth:
+        cfg = self.config
+        mode = decide_mode(
+            cfg.http.host, acl_file=cfg.acl_file, insecure_open_api=cfg.insecure_open_api
+        )
+        if mode is AuthMode.OPEN_INSECURE:
+            log.warning(
+                "no ACL file and --insecure-open-api: anyone who can reach the HTTP API on %s "
+                "may register, deregister and redirect traffic",
+                cfg.http.host,
+            )
+        auth = Auth(mode, acl_file=cfg.acl_file, reads_need_token=cfg.acl_reads == "token")
+        if mode is AuthMode.TOKENS:
+            log.info(
+                "auth: %d token(s) from %s, reads %s",
+                len(auth.acl.tokens), cfg.acl_file, cfg.acl_reads,
+            )  # fmt: skip
+        else:
+            log.info("auth: %s (no ACL file)", mode.value)
+        return auth
+
+    def reload(self) -> None:
+        """SIGHUP: zone files, the ACL file and the TLS certificate, each kept as it was
+        if the new one is broken."""
+        self.reload_zones()
+        if self.auth is not None:
+            self.auth.reload()
+        self.reload_tls()
+
     def describe(self) -> dict[str, Any]:
         return {
+            "auth": self.auth.mode.value if self.auth is not None else None,
             "zone": to_text(self.config.origin),
             "dns": {"host": self.config.dns.host, "port": self.dns_port},
             "static_zones": sorted(to_text(z) for z in self.static.zones),
@@ -201,18 +236,14 @@ class Server:
         log.info("TLS certificate reloaded from %s", cert)
         return True
 
-    def _reload(self) -> None:
-        self.reload_zones()
-        self.reload_tls()
-
     # ---------------------------------------------------------------- running
     async def serve_forever(self) -> None:
-        """Start, then run until SIGTERM/SIGINT; SIGHUP reloads zone files and TLS certificate."""
+        """Start, then run until SIGTERM/SIGINT; SIGHUP reloads zones, tokens and certificate."""
         loop = asyncio.get_running_loop()
         stop = asyncio.Event()
         loop.add_signal_handler(signal.SIGTERM, stop.set)
         loop.add_signal_handler(signal.SIGINT, stop.set)
-        loop.add_signal_handler(signal.SIGHUP, self._reload)
+        loop.add_signal_handler(signal.SIGHUP, self.reload)
         await self.start()
         try:
             await stop.wait()

@@ -9,6 +9,7 @@ import sys
 from collections.abc import Sequence
 
 from dnsreg import __version__
+from dnsreg.acl_cli import add_acl_command, run_acl_command
 from dnsreg.client.commands import COMMANDS, add_commands, run_command
 from dnsreg.config import load_config
 from dnsreg.core.errors import ConfigError, DnsregError
@@ -62,6 +63,18 @@ def _tls_flags(p: argparse.ArgumentParser) -> None:
         ("--etcd-password", "PASSWORD", "prefer DNSREG_ETCD_PASSWORD: flags show in ps"),
     ):
         p.add_argument(flag, dest=flag[2:].replace("-", "_"), metavar=metavar, help=help_text)
+    p.add_argument(
+        "--acl-file", dest="acl_file", metavar="FILE",
+        help="tokens (TOML [[tokens]]; make them with `dnsreg acl add`); SIGHUP reloads it",
+    )  # fmt: skip
+    p.add_argument(
+        "--acl-reads", dest="acl_reads", choices=["open", "token"],
+        help="'token': GETs need a token with read, write or operator (open)",
+    )  # fmt: skip
+    p.add_argument(
+        "--insecure-open-api", dest="insecure_open_api", action="store_true", default=None,
+        help="without an ACL file, accept writes on a non-loopback HTTP address anyway",
+    )  # fmt: skip
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -70,9 +83,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     _serve_parser(sub)
     add_commands(sub)
+    add_acl_command(sub)
     args = parser.parse_args(argv)
     if args.command == "serve":
         return _serve(vars(args))
+    if args.command == "acl":
+        return run_acl_command(args)
     if args.command in COMMANDS:
         return run_command(args)
     parser.error(f"unknown command {args.command}")
@@ -101,8 +117,8 @@ def _serve(flags: dict[str, object]) -> int:
             uvloop.run(Server(config).serve_forever())
         else:
             asyncio.run(Server(config).serve_forever())
-    except ConfigError as exc:  # a setting that cannot work (a TLS file, etcd credentials)
-        logging.getLogger("dnsreg").error("%s", exc.message)
+    except ConfigError as exc:  # e.g. a broken ACL file, or no tokens off loopback
+        print(f"dnsreg: {exc.message}", file=sys.stderr)
         return 2
     except DnsregError as exc:
         logging.getLogger("dnsreg").error("%s", exc.message)

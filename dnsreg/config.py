@@ -62,6 +62,9 @@ class Config:
     etcd_key: Path | None = None
     etcd_user: str | None = None
     etcd_password: str | None = field(default=None, repr=False)  # a secret: never printed
+    acl_file: Path | None = None  # tokens (SPEC §7); without it writes are loopback-only
+    acl_reads: str = "open"  # "open" or "token": GETs need a token with read
+    insecure_open_api: bool = False  # allow ACL-less writes on a non-loopback address
 
     @property
     def origin(self) -> tuple[str, ...]:
@@ -99,6 +102,14 @@ def _coerce(name: str, value: Any) -> Any:
             return Path(str(value)) if str(value) else None
         if name in ("etcd_user", "etcd_password"):
             return str(value) or None
+        if name == "acl_file":
+            return None if value in (None, "") else Path(str(value))
+        if name == "acl_reads":
+            if str(value) not in ("open", "token"):
+                raise ConfigError(f'acl_reads: {value!r} is not "open" or "token"')
+            return str(value)
+        if name == "insecure_open_api":
+            return _boolean(name, value)
         if name == "advertise":
             if isinstance(value, str):
                 return tuple(v.strip() for v in value.split(",") if v.strip())
@@ -143,6 +154,17 @@ def _coerce(name: str, value: Any) -> Any:
         return str(value)
     except (ValueError, TypeError, InvalidInput) as exc:
         raise ConfigError(f"{name}: {value!r} is not valid: {exc}") from exc
+
+
+def _boolean(name: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off", ""):
+        return False
+    raise ConfigError(f"{name}: {value!r} is not true or false")
 
 
 def load_config(

@@ -28,9 +28,11 @@ from dnsreg.client.tls import TlsFailure
 from dnsreg.core.errors import (
     Conflict,
     DnsregError,
+    Forbidden,
     InvalidInput,
     NotFound,
     ServerError,
+    Unauthorized,
     Unavailable,
     Unreachable,
 )
@@ -43,6 +45,7 @@ __all__ = [
     "Conflict",
     "DnsregError",
     "Event",
+    "Forbidden",
     "InstanceSpec",
     "Instances",
     "InvalidInput",
@@ -52,6 +55,7 @@ __all__ = [
     "Services",
     "Target",
     "TlsFailure",
+    "Unauthorized",
     "Unavailable",
     "Unreachable",
 ]

@@ -41,10 +41,12 @@ from dnsreg.core.changelog import JITTER_FRACTION, parse_wait
 from dnsreg.core.errors import (
     Conflict,
     DnsregError,
+    Forbidden,
     InvalidInput,
     NotFound,
     PayloadTooLarge,
     ServerError,
+    Unauthorized,
     Unavailable,
     Unreachable,
     UnsupportedMediaType,
@@ -59,6 +61,8 @@ DEFAULT_DOMAIN = "service.local"
 # The inverse of dnsreg.http.api.STATUS_FOR_ERROR (a test keeps the two in step).
 ERROR_FOR_STATUS: dict[int, type[DnsregError]] = {
     400: InvalidInput,
+    401: Unauthorized,
+    403: Forbidden,
     404: NotFound,
     409: Conflict,
     413: PayloadTooLarge,

@@ -28,6 +28,14 @@ class NotFound(DnsregError):
     """The named service or instance is not registered."""
 
 
+class Unauthorized(DnsregError):
+    """The request carries no token, or one the ACL file does not know."""
+
+
+class Forbidden(DnsregError):
+    """The token is known but lacks the right for what it asks (``detail`` names it)."""
+
+
 class Conflict(DnsregError):
     """The request would make two names collide (id equals a tag, static clash)."""
 

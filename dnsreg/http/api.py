@@ -14,15 +14,18 @@ from dnsreg import __version__
 from dnsreg.core.errors import (
     Conflict,
     DnsregError,
+    Forbidden,
     InvalidInput,
     NotFound,
     PayloadTooLarge,
+    Unauthorized,
     Unavailable,
     UnsupportedMediaType,
 )
 from dnsreg.core.model import Instance
 from dnsreg.core.names import check_label
 from dnsreg.core.registry import Registry
+from dnsreg.http.auth import Auth
 from dnsreg.http.events import EventHub
 from dnsreg.http.metrics import Metrics
 from dnsreg.http.schema import MaintenanceBody, RegisterBody, decode_body, to_registration
@@ -33,6 +36,8 @@ log = logging.getLogger("dnsreg.http")
 # The one place where an error becomes an HTTP status.
 STATUS_FOR_ERROR: dict[type[DnsregError], int] = {
     InvalidInput: 400,
+    Unauthorized: 401,
+    Forbidden: 403,
     NotFound: 404,
     Conflict: 409,
     PayloadTooLarge: 413,
@@ -44,8 +49,13 @@ _JSON_TYPES = {"application/json", "application/x-www-form-urlencoded", "text/pl
 _encoder = msgspec.json.Encoder()
 
 
-def json_response(body: Any, *, status: int = 200, revision: int | None = None) -> web.Response:
-    headers = {"X-Dnsreg-Index": str(revision)} if revision is not None else None
+def json_response(
+    body: Any, *, status: int = 200, revision: int | None = None,
+    headers: dict[str, str] | None = None,
+) -> web.Response:  # fmt: skip
+    headers = dict(headers or {})
+    if revision is not None:
+        headers["X-Dnsreg-Index"] = str(revision)
     return web.Response(
         body=_encoder.encode(body), status=status, content_type="application/json",
         headers=headers,
@@ -57,7 +67,9 @@ def error_response(exc: DnsregError) -> web.Response:
     body: dict[str, Any] = {"error": exc.message}
     if exc.field is not None or exc.detail is not None:
         body["detail"] = exc.detail if exc.detail is not None else {"field": exc.field}
-    return json_response(body, status=status)
+    # RFC 6750 §3: a 401 names the scheme the client should use.
+    headers = {"WWW-Authenticate": 'Bearer realm="dnsreg"'} if status == 401 else None
+    return json_response(body, status=status, headers=headers)
 
 
 @web.middleware
@@ -88,6 +100,7 @@ class Api:
         *,
         max_body_bytes: int,
         describe: Callable[[], dict[str, Any]],
+        auth: Auth,
         events_buffer: int = 10_000,
         events_keepalive: float = 15.0,
     ) -> None:
@@ -95,6 +108,7 @@ class Api:
         self.store = store
         self.metrics = metrics
         self.describe = describe
+        self.auth = auth
         self.started = time.time()
         # Change notification (SPEC §5): the hub hears every change the store applies.
         self.events = EventHub(
@@ -103,7 +117,7 @@ class Api:
         store.subscribe(self.events.on_change)
         self.app = web.Application(
             client_max_size=max_body_bytes,
-            middlewares=[errors_middleware],
+            middlewares=[errors_middleware, auth.reads_middleware],
         )
         # Open streams and blocked reads end first on shutdown, so stopping never hangs.
         self.app.on_shutdown.append(self.events.close)
@@ -111,10 +125,12 @@ class Api:
         # Empty segments match too, so "/v1/services//instances/x" is a 400 naming the
         # field (check_label), not a bare 404 from the router.
         base = "/v1/services/{service:[^{}/]*}/instances/{id:[^{}/]*}"
-        r.add_put(base, self.register)
-        r.add_delete(base, self.deregister)
-        r.add_put(base + "/heartbeat", self.heartbeat)
-        r.add_put(base + "/maintenance", self.maintenance)
+        # Every write asks the one authorisation function first (SPEC §7).
+        write = auth.write
+        r.add_put(base, write("register", self.register))
+        r.add_delete(base, write("deregister", self.deregister))
+        r.add_put(base + "/heartbeat", write("heartbeat", self.heartbeat))
+        r.add_put(base + "/maintenance", write("maintenance", self.maintenance))
         # Reads take ?index=&wait= (SPEC §5); writes skip that layer, which costs
         # measurable time per heartbeat.
         r.add_get("/v1/services", self._blocking(self.list_services))
