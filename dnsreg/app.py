@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import signal
 import ssl
 import time
@@ -22,6 +23,7 @@ from dnsreg.core.names import to_text
 from dnsreg.core.preservation import ExpiryGuard
 from dnsreg.core.registry import Registry
 from dnsreg.dns.answers import Settings
+from dnsreg.dns.explain import explain, parse_question
 from dnsreg.dns.metrics import ResponderCollector
 from dnsreg.dns.responder import Responder
 from dnsreg.dns.server import DnsServer
@@ -114,6 +116,7 @@ class Server:
                 auth=self.auth,
                 events_buffer=cfg.events_buffer,
                 events_keepalive=cfg.events_keepalive,
+                explain=self.explain,
             )
             self.api = api
             self.http_runner = web.AppRunner(
@@ -198,6 +201,19 @@ class Server:
                 self.store.self_preservation() if self.store is not None else {"active": False}
             ),
         }
+
+    def explain(self, name: str, qtype: str) -> dict[str, Any]:
+        """``GET /v1/explain``: the pure explainer, fed what only the server holds."""
+        question = parse_question(name, qtype)
+        assert self.responder is not None
+        assert self.api is not None
+        # Removed instances live on only in the event log: how "lease expired" is known.
+        history = self.api.events.log
+        departed = [e.change for e in history.after(history.floor).events if e.change.after is None]
+        return explain(
+            question, self.registry, self.static, self.responder.settings, random.Random(),
+            now=self.clock(), departed=departed,
+        ).to_json()  # fmt: skip
 
     # ------------------------------------------------------------------ zones
     def _load_zones(self) -> StaticZones:

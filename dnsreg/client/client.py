@@ -327,6 +327,10 @@ class Client:
     async def status(self) -> dict[str, Any]:
         return await self._call("GET", "/v1/status")
 
+    async def explain(self, name: str, rtype: str = "A") -> dict[str, Any]:
+        """What DNS answers ``name`` now, and why each instance is in it or not."""
+        return await self._call("GET", "/v1/explain", params={"name": name, "type": rtype})
+
     # -------------------------------------------------------------- keepalive
     def registration(
         self,

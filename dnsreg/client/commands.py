@@ -23,7 +23,7 @@ from dnsreg.client.registration import InstanceSpec, check_flags, parse_meta
 from dnsreg.core.errors import DnsregError
 
 DEFAULT_API = "http://127.0.0.1:8500"
-COMMANDS = ("register", "deregister", "ls", "show", "watch", "run", "registrar")
+COMMANDS = ("register", "deregister", "ls", "show", "watch", "run", "registrar", "explain")
 
 
 def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -121,6 +121,13 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     )
     p.add_argument("argv", nargs=argparse.REMAINDER, metavar="CMD", help="-- CMD [ARGS...]")
 
+    p = sub.add_parser(
+        "explain", parents=[api], help="what DNS answers a name now, and why per instance"
+    )
+    p.add_argument("name", help="a DNS name, e.g. web.service.local")
+    p.add_argument("type", nargs="?", default="A", help="record type (A)")
+    p.add_argument("--json", action="store_true", help="print the API's JSON")
+
     p = sub.add_parser("registrar", parents=[api], help="register what TOML files describe")
     p.add_argument("--dir", required=True, type=Path, help="folder of *.toml service files")
     p.add_argument("--interval", type=float, default=1.0, help="seconds between scans (1)")
@@ -150,6 +157,7 @@ def run_command(args: argparse.Namespace) -> int:
         "watch": _watch,
         "run": _run,
         "registrar": _registrar,
+        "explain": _explain,
     }[args.command]
     try:
         return asyncio.run(command(args))
@@ -351,6 +359,39 @@ async def _registrar(args: argparse.Namespace) -> int:
         )
         await registrar.run(stop)
     return 0
+
+
+async def _explain(args: argparse.Namespace) -> int:
+    async with _client(args) as c:
+        e = await c.explain(args.name, args.type)
+    if args.json:
+        print(json.dumps(e, indent=2))
+        return 0
+    print(explain_text(e), end="")
+    return 0
+
+
+def explain_text(e: dict[str, Any]) -> str:
+    """The explanation as a person reads it: dig's sections, then one line per instance."""
+    flags = "aa" if e["authoritative"] else "-"
+    lines = [f";; {e['name']} {e['type']}: status {e['rcode']}, flags {flags}"]
+    lines += [f";; {why}" for why in e["why"]]
+    lines += [f";; EDE {ede}" for ede in e["ede"]]
+    for section in ("answer", "authority", "additional"):
+        if e[section]:
+            lines.append(f";; {section.upper()} SECTION:")
+            lines += e[section]
+    if e["service"] is not None:
+        lines.append(f";; instances of {e['service']}:")
+        width = max((len(i["id"]) for i in e["instances"]), default=0)
+        for i in e["instances"]:
+            verdict = "in the answer" if i["in_answer"] else "NOT in the answer"
+            reasons = "; ".join(r["text"] for r in i["reasons"])
+            where = _hostport(i)
+            lines.append(
+                f"{i['id'].ljust(width)}  {where}  {verdict}" + (f": {reasons}" if reasons else "")
+            )
+    return "\n".join(lines) + "\n"
 
 
 # ------------------------------------------------------------------- helpers

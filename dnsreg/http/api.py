@@ -27,8 +27,10 @@ from dnsreg.core.names import check_label
 from dnsreg.core.registry import Registry
 from dnsreg.http.auth import Auth
 from dnsreg.http.events import EventHub
+from dnsreg.http.explain import Explainer, add_explain_route
 from dnsreg.http.metrics import Metrics
 from dnsreg.http.schema import MaintenanceBody, RegisterBody, decode_body, to_registration
+from dnsreg.http.ui import add_ui_routes
 from dnsreg.store import Store
 
 log = logging.getLogger("dnsreg.http")
@@ -103,6 +105,7 @@ class Api:
         auth: Auth,
         events_buffer: int = 10_000,
         events_keepalive: float = 15.0,
+        explain: Explainer | None = None,
     ) -> None:
         self.registry = registry
         self.store = store
@@ -139,6 +142,9 @@ class Api:
         r.add_get("/v1/status", self._blocking(self.status))
         r.add_get("/v1/events", self.events.stream, allow_head=False)
         r.add_get("/metrics", self._blocking(self.prometheus))
+        if explain is not None:
+            add_explain_route(r, explain)
+        add_ui_routes(r)
 
     # ---------------------------------------------------------------- helpers
     def _blocking(

@@ -118,7 +118,8 @@ def test_check_not_run_yet() -> None:
     r = Registry()
     r.register(reg("web-1", "10.0.0.5", checks=(CHECK,), ttl=0), NOW)
     e = run(r, "web.service.local")
-    assert e.rcode == "NOERROR" and e.answer == ()
+    assert e.rcode == "NOERROR"
+    assert e.answer == ()
     assert codes(verdict(e, "web-1")) == ["check_pending"]
     assert any("no instance is served" in w for w in e.why)
 
@@ -172,7 +173,8 @@ def test_answer_cap_not_chosen_this_time() -> None:
     assert len(e.answer) == 2
     chosen = [v for v in e.instances if v.in_answer]
     left = [v for v in e.instances if not v.in_answer]
-    assert len(chosen) == 2 and len(left) == 3
+    assert len(chosen) == 2
+    assert len(left) == 3
     for v in left:
         assert codes(v) == ["not_chosen"]
         assert "capped at 2 (max_answers)" in v.reasons[0].text
@@ -228,9 +230,11 @@ def test_unknown_name_nxdomain_and_why() -> None:
     r.register(reg("web-1", "10.0.0.5", ttl=0), NOW)
     e = run(r, "nosuch.service.local")
     assert e.rcode == "NXDOMAIN"
-    assert e.service is None and e.instances == ()
+    assert e.service is None
+    assert e.instances == ()
     assert e.why == ("no service 'nosuch' is registered in service.local.",)
-    assert e.authority and " SOA " in e.authority[0]
+    assert e.authority
+    assert " SOA " in e.authority[0]
     e = run(r, "canary.web.service.local")
     assert e.rcode == "NXDOMAIN"
     assert "no instance with id 'canary' and no instance tagged 'canary'" in e.why[0]
