@@ -71,6 +71,8 @@ def test_wheel_builds_installs_and_runs(tmp_path: Path) -> None:
     assert "License-Expression: MIT" in meta
     assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names)
     assert "dnsreg/py.typed" in names
+    # The dashboard ships as package data (served from the installed package, offline).
+    assert {f"dnsreg/http/ui/{f}" for f in ("index.html", "app.js", "app.css")} <= set(names)
     assert "dnsreg = dnsreg.cli:main" in entry_points
     assert not any(n.startswith("tests/") for n in names)
 

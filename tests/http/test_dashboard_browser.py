@@ -19,6 +19,7 @@ import pytest
 from aiohttp import web
 from playwright.async_api import ConsoleMessage, Page, Request, async_playwright, expect
 
+from dnsreg.config import HostPort
 from tests.helpers import Running, make_config, start_server
 
 CHROMIUM = "/usr/bin/chromium"
@@ -200,6 +201,49 @@ async def test_reset_event_relists(tmp_path: Path, page: tuple[Page, list[str]])
         )
         await expect(pg.get_by_role("button", name="batch")).to_be_visible(timeout=2000)
         await expect(pg.get_by_role("button", name="batch")).to_contain_text("5/5 served")
+    finally:
+        await server.stop()
+
+
+async def test_reconnects_after_a_restart_with_last_event_id(
+    tmp_path: Path, page: tuple[Page, list[str]]
+) -> None:
+    """The server goes away and comes back: the page resumes where it was, by itself."""
+    pg, _ = page
+    server = await start_server(make_config(tmp_path))
+    ports = {"dns": server.dns_port, "http": server.http_port}
+    base = f"http://127.0.0.1:{server.http_port}"
+    streams: list[Request] = []
+    pg.on("request", lambda r: streams.append(r) if "/v1/events" in r.url else None)
+    try:
+        await pg.goto(base + "/ui/#web")
+        await expect(pg.locator("#conn")).to_have_text("live", timeout=5000)
+        async with aiohttp.ClientSession() as http:
+            url = f"{base}/v1/services/web/instances/web-1"
+            async with http.put(url, json={"address": "10.0.0.5", "port": 80}) as resp:
+                revision = (await resp.json())["revision"]
+        await expect(pg.locator('[data-id="web-1"]')).to_be_visible(timeout=2000)
+    finally:
+        await server.stop()
+    await expect(pg.locator("#conn")).not_to_have_text("live", timeout=5000)
+    server = await start_server(
+        make_config(
+            tmp_path,
+            dns=HostPort("127.0.0.1", ports["dns"]),
+            http=HostPort("127.0.0.1", ports["http"]),
+        )
+    )
+    try:
+        async with aiohttp.ClientSession() as http:
+            url = f"{base}/v1/services/web/instances/web-2"
+            async with http.put(url, json={"address": "10.0.0.6", "port": 80}) as resp:
+                assert resp.status == 201
+        await expect(pg.locator('[data-id="web-2"]')).to_be_visible(timeout=5000)
+        await expect(pg.locator("#conn")).to_have_text("live")
+        # The browser's own reconnect (HTML §9.2.3) carried the id of the last event
+        # it saw; the server replayed what came after it.
+        resumed = [(await r.all_headers()).get("last-event-id") for r in streams[1:]]
+        assert resumed[0] == str(revision), resumed
     finally:
         await server.stop()
 

@@ -54,7 +54,7 @@ function announce(text) {
 async function loadServices() {
   const body = await api("/v1/services");
   state.services = body.services;
-  state.revision = Math.max(state.revision, body.revision);
+  state.revision = body.revision; // the list is the truth, even after a server restart
   renderServices();
   return body.revision;
 }
@@ -98,7 +98,9 @@ function connect(since) {
       // The server refused the stream (restarted, or an error status): start over.
       setConn(false, "disconnected, retrying…");
       setTimeout(async () => {
-        try { connect(await loadServices()); } catch (_) { connect(state.revision); }
+        // Re-list what may have changed meanwhile, then follow from that revision.
+        await relistAll();
+        connect(state.revision);
       }, 2000);
     } else {
       setConn(false, "reconnecting…");
