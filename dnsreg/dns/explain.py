@@ -258,8 +258,10 @@ def _verdicts(
     service = subject.service
     everything = sorted(registry.instances(service).values(), key=lambda i: i.reg.id)
     pool = _pool(registry, subject, everything)
+    pool_ids = {i.reg.id for i in pool}
     served = registry.served(service, pool)
     served_ids = {i.reg.id for i in served.instances}
+    panic_reason = _panic_reason(registry, service) if served.panic else None
     addresses = {
         r.rdata.address
         for r in reply.answer
@@ -284,11 +286,11 @@ def _verdicts(
                     f"{to_text(shadow[0])} ({shadow[1]}), never from the registry",
                 )
             )
-        elif instance not in pool:
+        elif reg.id not in pool_ids:
             reasons.append(_not_in_pool(subject, instance))
         elif reg.id in served_ids:
-            if served.panic and not instance.served:
-                reasons.append(_panic_reason(registry, service))
+            if panic_reason is not None and not instance.served:
+                reasons.append(panic_reason)
             if not in_answer:
                 reasons.append(_served_but_absent(q, reply, instance, settings, type_text))
         else:

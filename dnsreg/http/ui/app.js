@@ -126,7 +126,7 @@ function onChange(ev) {
   if (data.service === state.selected) {
     if (data.instance) state.instances.set(data.id, data.instance);
     else state.instances.delete(data.id);
-    renderInstances(data.id);
+    queueRender(data.id);
   }
   announce(describeChange(data));
   scheduleRelist();
@@ -204,7 +204,7 @@ function matches(i, f) {
   return hay.includes(f);
 }
 
-function renderInstances(changedId) {
+function renderInstances() {
   const list = $("instances");
   const f = filterText();
   const active = document.activeElement;
@@ -212,7 +212,7 @@ function renderInstances(changedId) {
   const items = [...state.instances.values()]
     .sort((a, b) => a.id.localeCompare(b.id))
     .filter((i) => matches(i, f))
-    .map((i) => instanceItem(i, i.id === changedId));
+    .map((i) => instanceItem(i, false));
   list.replaceChildren(...items);
   $("pick").hidden = true;
   if (!state.instances.size) $("pick").textContent = "No instances of " + state.selected + " now.";
@@ -223,6 +223,50 @@ function renderInstances(changedId) {
     if (again) again.focus();
   }
   tick();
+}
+
+// Changes are drawn once per frame, and only the cards that changed: a deploy of a
+// thousand instances must not redraw a thousand cards a thousand times.
+const pending = new Set();
+let frame = 0;
+
+function queueRender(id) {
+  pending.add(id);
+  if (!frame) frame = requestAnimationFrame(flush);
+}
+
+function flush() {
+  frame = 0;
+  const ids = [...pending];
+  pending.clear();
+  if (ids.length > 100) {
+    renderInstances();
+    return;
+  }
+  for (const id of ids) patchInstance(id);
+  $("pick").textContent = "No instances of " + state.selected + " now.";
+  $("pick").hidden = state.instances.size > 0;
+  renderSummary();
+  tick();
+}
+
+function patchInstance(id) {
+  const list = $("instances");
+  const old = list.querySelector('[data-id="' + CSS.escape(id) + '"]');
+  const i = state.instances.get(id);
+  if (!i || !matches(i, filterText())) {
+    if (old) old.remove();
+    return;
+  }
+  const node = instanceItem(i, true);
+  const hadFocus = old && old.contains(document.activeElement);
+  if (old) {
+    old.replaceWith(node);
+  } else {
+    const after = [...list.children].find((li) => li.dataset.id.localeCompare(id) > 0);
+    list.insertBefore(node, after || null);
+  }
+  if (hadFocus) node.querySelector(".toggle").focus();
 }
 
 function healthClass(i) {
