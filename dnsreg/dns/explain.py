@@ -128,11 +128,13 @@ def explain(
     departed: Iterable[Change] = (),
 ) -> Explanation:
     reply = answer(q, registry, static, settings, rng)
+    departed = [c for c in departed if c.after is None]
     why: list[str] = []
     origin = settings.origin
     qtext = to_text(q.name)
     type_text = dns.rdatatype.to_text(dns.rdatatype.RdataType.make(q.qtype))
-    subject = _subject(q.name, registry, settings)
+    gone = {c.service for c in departed}
+    subject = _subject(q.name, registry, settings, gone)
     shadow = _shadowing_zone(q.name, static, settings)
     if reply.kind is Kind.REFUSED:
         why.append(_refused_why(q, static, settings, registry))
@@ -143,6 +145,8 @@ def explain(
         )
     elif reply.kind is Kind.NXDOMAIN:
         why.append(_nxdomain_why(q.name, registry, settings))
+        if subject is not None and not registry.has_service(subject.service):
+            why.append(f"the last instances of {subject.service!r} left recently (see below)")
     elif reply.kind is Kind.NODATA:
         if subject is not None:
             why.append(f"no {type_text} records for {qtext}: no instance is served under it now")
@@ -176,8 +180,14 @@ def explain(
 
 
 # ------------------------------------------------------------------ routing
-def _subject(qname: Name, registry: Registry, settings: Settings) -> _Subject | None:
-    """Which service a name in the dynamic zone is about (the answer builder's own names)."""
+def _subject(
+    qname: Name, registry: Registry, settings: Settings, gone: set[str]
+) -> _Subject | None:
+    """Which service a name in the dynamic zone is about (the answer builder's own names).
+
+    A service whose last instances left recently (``gone``) is still the subject, so
+    "why is it gone" has an answer.
+    """
     if not is_subdomain(qname, settings.origin):
         return None
     rel = relative(qname, settings.origin)
@@ -185,6 +195,8 @@ def _subject(qname: Name, registry: Registry, settings: Settings) -> _Subject | 
         return None
     service = rel[-1]
     left = rel[:-1]
+    if not registry.has_service(service) and service in gone:
+        return _Subject(service, tags=left)
     if registry.has_service(service):
         if len(left) == 1 and registry.get(service, left[0]) is not None:
             return _Subject(service, instance=left[0])

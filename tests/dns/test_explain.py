@@ -98,6 +98,20 @@ def test_lease_expired_instance_is_explained_from_its_removal() -> None:
     assert verdict(e, "web-2").in_answer
 
 
+def test_a_service_whose_last_instance_expired_is_still_explained() -> None:
+    r = Registry()
+    r.register(reg("web-1", "10.0.0.5", ttl=10.0), NOW)
+    departed = r.expire_due(NOW + 10)
+    e = run(r, "web.service.local", departed=departed, now=NOW + 12)
+    assert e.rcode == "NXDOMAIN"
+    assert e.why == (
+        "no service 'web' is registered in service.local.",
+        "the last instances of 'web' left recently (see below)",
+    )
+    assert e.service == "web"
+    assert codes(verdict(e, "web-1")) == ["lease_expired"]
+
+
 def test_check_critical_since_with_its_output() -> None:
     r = Registry()
     r.register(reg("web-1", "10.0.0.5", checks=(CHECK,), ttl=0), NOW)

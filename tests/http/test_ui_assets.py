@@ -89,3 +89,29 @@ async def test_the_page_uses_no_other_origin(running: Running) -> None:
         async with running.http.get(f"{running.base}/ui/{name}") as resp:
             text = await resp.text()
         assert not re.search(r"https?://", text), name
+
+
+def _contrast(fg: str, bg: str) -> float:
+    """WCAG 2.2 contrast ratio of two #rrggbb colours (§1.4.3, relative luminance)."""
+
+    def luminance(colour: str) -> float:
+        channels = [int(colour[i : i + 2], 16) / 255 for i in (1, 3, 5)]
+        lin = [c / 12.92 if c <= 0.03928 else ((c + 0.055) / 1.055) ** 2.4 for c in channels]
+        return 0.2126 * lin[0] + 0.7152 * lin[1] + 0.0722 * lin[2]
+
+    hi, lo = sorted((luminance(fg), luminance(bg)), reverse=True)
+    return (hi + 0.05) / (lo + 0.05)
+
+
+async def test_text_colours_meet_wcag_aa_in_both_themes(running: Running) -> None:
+    async with running.http.get(running.base + "/ui/app.css") as resp:
+        css = await resp.text()
+    light, dark = css.split("@media (prefers-color-scheme: dark)", 1)
+    pairs = [("fg", "bg"), ("muted", "bg"), ("muted", "panel"), ("accent", "bg"),
+             ("pass", "pass-bg"), ("warn", "warn-bg"), ("crit", "crit-bg"),
+             ("maint", "maint-bg")]  # fmt: skip
+    for theme in (light, dark.split("}\n}", 1)[0]):
+        colours = dict(re.findall(r"--([a-z-]+):\s*(#[0-9a-f]{6})", theme))
+        for fg, bg in pairs:
+            ratio = _contrast(colours[fg], colours[bg])
+            assert ratio >= 4.5, (fg, bg, ratio)
