@@ -167,11 +167,17 @@ class Auth:
     @web.middleware
     async def reads_middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         """``acl_reads = "token"``: every GET needs read (write and operator imply it)."""
-        if self.reads_need_token and request.method in ("GET", "HEAD"):
+        if self.reads_need_token and request.method in ("GET", "HEAD") and not _public(request):
             service = request.match_info.get("service")
             consul = request.path.startswith(CONSUL_PREFIXES)
             self.authorize(request, Right.READ, service.lower() if service else None, consul=consul)
         return await handler(request)
+
+
+def _public(request: web.Request) -> bool:
+    """The dashboard's own files hold no data: a browser must load them to ask for a token."""
+    path = request.path
+    return path in ("/", "/ui") or path.startswith("/ui/")
 
 
 def _secret(request: web.Request, *, consul: bool) -> str | None:

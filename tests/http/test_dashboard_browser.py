@@ -7,6 +7,7 @@ toggle takes it out of DNS (asked with dnspython) and puts it back.
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import os
 import re
@@ -20,6 +21,7 @@ from aiohttp import web
 from playwright.async_api import ConsoleMessage, Page, Request, async_playwright, expect
 
 from dnsreg.config import HostPort
+from dnsreg.core.acl import Right, format_entry
 from tests.helpers import Running, make_config, start_server
 
 CHROMIUM = "/usr/bin/chromium"
@@ -265,3 +267,46 @@ async def test_errors_are_shown(running: Running, page: tuple[Page, list[str]]) 
         "setMaintenance({service: 'web', id: 'web-1'}, true, document.createElement('button'))"
     )
     await expect(pg.locator("#error")).to_contain_text("not registered", timeout=2000)
+
+
+async def test_with_tokens_and_closed_reads(tmp_path: Path, page: tuple[Page, list[str]]) -> None:
+    """acl_reads = "token": the page loads, asks for a token, then lists, follows and writes."""
+    pg, _ = page
+    secret = "s3cret-web-writer-0123456789abcdef"
+    acl = tmp_path / "acl.toml"
+    digest = hashlib.sha256(secret.encode()).hexdigest()
+    acl.write_text(format_entry("web-writer", digest, ["web"], [Right.WRITE]))
+    server = await start_server(make_config(tmp_path, acl_file=acl, acl_reads="token"))
+    base = f"http://127.0.0.1:{server.http_port}"
+    auth = {"Authorization": f"Bearer {secret}"}
+    try:
+        async with aiohttp.ClientSession(headers=auth) as http:
+            url = f"{base}/v1/services/web/instances/web-1"
+            async with http.put(url, json={"address": "10.0.0.5", "port": 80}) as resp:
+                assert resp.status == 201
+            await pg.goto(base + "/ui/#web")  # the page itself needs no token
+            await expect(pg.locator("#error")).to_contain_text("Could not load", timeout=3000)
+            await expect(pg.locator('[data-id="web-1"]')).to_have_count(0)
+            await pg.get_by_label("API token").fill(secret)
+            await pg.get_by_role("button", name="Use").click()
+            await expect(pg.locator('[data-id="web-1"]')).to_be_visible(timeout=3000)
+            await expect(pg.locator("#conn")).to_have_text("live", timeout=3000)
+            # Live through the token-carrying stream: a new instance appears by itself.
+            url = f"{base}/v1/services/web/instances/web-2"
+            async with http.put(url, json={"address": "10.0.0.6", "port": 80}) as resp:
+                assert resp.status == 201
+            await expect(pg.locator('[data-id="web-2"]')).to_be_visible(timeout=2000)
+            toggle = pg.get_by_role("button", name="Maintenance for web-2")
+            await toggle.click()
+            await expect(toggle).to_have_attribute("aria-pressed", "true", timeout=2000)
+            assert server.registry.require("web", "web-2").maintenance == "set from the dashboard"
+            # Without the token the write is refused, the page says so, nothing changes.
+            await pg.get_by_role("button", name="Forget").click()
+            await pg.evaluate(
+                "setMaintenance({service: 'web', id: 'web-1'}, true, "
+                "document.createElement('button'))"
+            )
+            await expect(pg.locator("#error")).to_contain_text("not changed", timeout=2000)
+            assert server.registry.require("web", "web-1").maintenance is None
+    finally:
+        await server.stop()

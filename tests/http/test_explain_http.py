@@ -5,8 +5,11 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
+from pathlib import Path
 
-from tests.helpers import Running
+import aiohttp
+
+from tests.helpers import Running, make_config, start_server
 
 
 async def explain(running: Running, **params: str) -> tuple[int, dict[str, object]]:
@@ -90,3 +93,33 @@ async def test_cli_explain(running: Running) -> None:
     code, _, err = await dnsreg("explain", "web.service.local", "NOPE")
     assert code == 1
     assert err.strip() == "dnsreg: type: 'NOPE' is not a DNS record type"
+
+
+async def test_closed_reads_close_explain_but_not_the_dashboard_files(tmp_path: Path) -> None:
+    import hashlib
+
+    from dnsreg.core.acl import Right, format_entry
+
+    secret = "s3cret-reader-0123456789abcdef"
+    acl = tmp_path / "acl.toml"
+    acl.write_text(
+        format_entry("reader", hashlib.sha256(secret.encode()).hexdigest(), ["*"], [Right.READ])
+    )
+    server = await start_server(make_config(tmp_path, acl_file=acl, acl_reads="token"))
+    base = f"http://127.0.0.1:{server.http_port}"
+    try:
+        async with aiohttp.ClientSession() as http:
+            for path in ("/ui/", "/ui/app.js", "/ui/app.css"):
+                async with http.get(base + path) as resp:
+                    assert resp.status == 200, path
+            async with http.get(base + "/", allow_redirects=False) as resp:
+                assert resp.status == 302
+            params = {"name": "web.service.local"}
+            async with http.get(base + "/v1/explain", params=params) as resp:
+                assert resp.status == 401
+            headers = {"Authorization": f"Bearer {secret}"}
+            async with http.get(base + "/v1/explain", params=params, headers=headers) as resp:
+                assert resp.status == 200
+                assert (await resp.json())["rcode"] == "NXDOMAIN"
+    finally:
+        await server.stop()

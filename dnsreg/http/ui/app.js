@@ -87,6 +87,12 @@ function scheduleRelist() {
 // ------------------------------------------------------------------ live events
 function connect(since) {
   if (state.source) state.source.close();
+  // EventSource cannot send an Authorization header; with a token (closed reads) the
+  // same stream is read through fetch, which can.
+  if (token()) {
+    connectWithToken(since);
+    return;
+  }
   // The browser re-sends Last-Event-ID by itself when it reconnects (HTML §9.2);
   // `since` covers the very first connection, so nothing between the list and the
   // stream is lost.
@@ -111,6 +117,77 @@ function connect(since) {
     announce("Missed changes; reloaded the list.");
     relistAll();
   });
+}
+
+// The event stream read with fetch: the EventSource parsing rules (HTML §9.2.6) and its
+// reconnect behaviour, resuming with the Last-Event-ID header.
+function connectWithToken(since) {
+  const abort = new AbortController();
+  state.source = { close: () => abort.abort() };
+  let last = String(since);
+  let retry = 1000;
+  const dispatch = (kind, data) => {
+    if (kind === "reset") {
+      announce("Missed changes; reloaded the list.");
+      relistAll();
+    } else if (KINDS.includes(kind)) {
+      onChange({ data });
+    }
+  };
+  const read = async () => {
+    while (!abort.signal.aborted) {
+      try {
+        const resp = await fetch("/v1/events", {
+          headers: { Accept: "text/event-stream", Authorization: "Bearer " + token(),
+                     "Last-Event-ID": last },
+          cache: "no-store",
+          signal: abort.signal,
+        });
+        if (resp.status === 401 || resp.status === 403) {
+          const body = await resp.json().catch(() => ({}));
+          setConn(false, "not allowed to follow changes");
+          showError("Live updates refused: " + (body.error || resp.status));
+          return;
+        }
+        if (!resp.ok || !resp.body) throw new Error("HTTP " + resp.status);
+        setConn(true, "live");
+        const reader = resp.body.pipeThrough(new TextDecoderStream()).getReader();
+        let buf = "";
+        let ev = { event: "", data: [], id: null };
+        for (;;) {
+          const { value, done } = await reader.read();
+          if (done) break;
+          buf += value;
+          let m;
+          while ((m = /\r\n|\r|\n/.exec(buf)) !== null) {
+            if (m[0] === "\r" && m.index === buf.length - 1) break; // maybe \r\n split
+            const line = buf.slice(0, m.index);
+            buf = buf.slice(m.index + m[0].length);
+            if (line === "") {
+              if (ev.id !== null) last = ev.id;
+              if (ev.data.length) dispatch(ev.event || "message", ev.data.join("\n"));
+              ev = { event: "", data: [], id: null };
+              continue;
+            }
+            if (line.startsWith(":")) continue;
+            const colon = line.indexOf(":");
+            const field = colon < 0 ? line : line.slice(0, colon);
+            let val = colon < 0 ? "" : line.slice(colon + 1);
+            if (val.startsWith(" ")) val = val.slice(1);
+            if (field === "data") ev.data.push(val);
+            else if (field === "event") ev.event = val;
+            else if (field === "id") ev.id = val;
+            else if (field === "retry" && /^\d+$/.test(val)) retry = Number(val);
+          }
+        }
+      } catch (_) {
+        if (abort.signal.aborted) return;
+      }
+      setConn(false, "reconnecting…");
+      await new Promise((resolve) => setTimeout(resolve, retry));
+    }
+  };
+  read();
 }
 
 function setConn(live, text) {
@@ -368,12 +445,21 @@ function initToken() {
     if (input.value) sessionStorage.setItem(TOKEN_KEY, input.value);
     else sessionStorage.removeItem(TOKEN_KEY);
     announce(input.value ? "Token set for this tab." : "Token cleared.");
+    restart();
   });
   $("token-clear").addEventListener("click", () => {
     sessionStorage.removeItem(TOKEN_KEY);
     input.value = "";
     announce("Token cleared.");
+    restart();
   });
+}
+
+async function restart() {
+  // A new token may see what the old one could not: list again, follow from there.
+  showError("");
+  await relistAll();
+  connect(state.revision);
 }
 
 async function start() {
