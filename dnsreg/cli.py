@@ -12,7 +12,7 @@ from dnsreg import __version__
 from dnsreg.acl_cli import add_acl_command, run_acl_command
 from dnsreg.client.commands import COMMANDS, add_commands, run_command
 from dnsreg.config import load_config
-from dnsreg.core.errors import ConfigError, DnsregError
+from dnsreg.core.errors import ConfigError, DnsregError, StoreCorrupt
 
 
 def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -119,6 +119,9 @@ def _serve(flags: dict[str, object]) -> int:
             asyncio.run(Server(config).serve_forever())
     except ConfigError as exc:  # e.g. a broken ACL file, or no tokens off loopback
         print(f"dnsreg: {exc.message}", file=sys.stderr)
+        return 2
+    except StoreCorrupt as exc:  # exit 2: the data needs an operator, a retry will not do
+        logging.getLogger("dnsreg").error("%s", exc.message)
         return 2
     except DnsregError as exc:
         logging.getLogger("dnsreg").error("%s", exc.message)

@@ -52,6 +52,14 @@ class Config:
     stale_after: float = 10.0  # etcd store: mark answers stale after this long without contact
     events_buffer: int = 10_000  # changes remembered for /v1/events?since= resumption
     events_keepalive: float = 15.0  # seconds between comment lines on an idle event stream
+    # HTTP limits (README "Limits"): seconds for the request headers, for the body,
+    # and between requests on a kept-alive connection; open connections at most
+    # (also capped by the open-files limit less fd_reserve and tcp_max_connections).
+    http_header_timeout: float = 10.0
+    http_body_timeout: float = 30.0
+    http_keepalive_timeout: float = 60.0
+    http_max_connections: int = 10_000
+    fd_reserve: int | None = None  # descriptors kept for health checks and the store
     log_level: str = "info"
     # TLS (SPEC §7): HTTPS for the API, and TLS / user+password towards etcd.
     tls_cert: Path | None = None
@@ -65,6 +73,12 @@ class Config:
     acl_file: Path | None = None  # tokens (SPEC §7); without it writes are loopback-only
     acl_reads: str = "open"  # "open" or "token": GETs need a token with read
     insecure_open_api: bool = False  # allow ACL-less writes on a non-loopback address
+
+    @property
+    def descriptor_reserve(self) -> int:
+        """Descriptors kept back from HTTP: one per health check in flight, plus the
+        store's files, logs and listeners."""
+        return self.fd_reserve if self.fd_reserve is not None else self.check_concurrency + 64
 
     @property
     def origin(self) -> tuple[str, ...]:
@@ -146,6 +160,18 @@ def _coerce(name: str, value: Any) -> Any:
             return parse_duration(value, field="stale_after")
         if name == "tcp_idle_timeout":
             return float(value)
+        if name in ("http_header_timeout", "http_body_timeout", "http_keepalive_timeout"):
+            seconds = parse_duration(value, field=name)
+            if not seconds > 0:
+                raise ConfigError(f"{name}: must be above 0")
+            return seconds
+        if name in ("http_max_connections", "fd_reserve"):
+            if name == "fd_reserve" and value in (None, "", "auto"):
+                return None
+            count = int(value)
+            if count < 1:
+                raise ConfigError(f"{name}: must be at least 1")
+            return count
         if name == "domain":
             text = str(value).strip().rstrip(".").lower()
             for label in text.split("."):

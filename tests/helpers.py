@@ -111,8 +111,12 @@ class Process:
         return self.log.read_text()
 
 
-def spawn_server(workdir: Path, *args: str, timeout: float = 15.0) -> Process:
-    """Run ``python -m dnsreg serve`` in ``workdir`` on free ports; wait for its listen line."""
+def spawn_server(
+    workdir: Path, *args: str, timeout: float = 15.0, preexec_fn: Any = None
+) -> Process:
+    """Run ``python -m dnsreg serve`` in ``workdir`` on free ports; wait for its listen line.
+
+    ``preexec_fn`` runs in the child before it starts (e.g. to set a resource limit)."""
     log = workdir / f"server-{time.monotonic_ns()}.log"
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     with log.open("w") as out:  # the child keeps its own descriptor
@@ -120,6 +124,7 @@ def spawn_server(workdir: Path, *args: str, timeout: float = 15.0) -> Process:
             [sys.executable, "-m", "dnsreg", "serve", "--dns", "127.0.0.1:0", "--http",
              "127.0.0.1:0", *args],
             cwd=workdir, stdout=out, stderr=subprocess.STDOUT, text=True, env=env,
+            preexec_fn=preexec_fn,
         )  # fmt: skip
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

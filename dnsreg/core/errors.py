@@ -7,7 +7,13 @@ with it are decided in exactly one place (``api.error_response``), never here.
 
 from __future__ import annotations
 
+import errno
 from typing import Any
+
+#: OS errors that say this process or host ran out of something (descriptors,
+#: buffers, memory): a probe or an accept that fails with one learnt nothing
+#: about its peer.
+LOCAL_RESOURCE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 
 
 class DnsregError(Exception):
@@ -66,3 +72,15 @@ class Unreachable(DnsregError):
 
 class ServerError(DnsregError):
     """The server answered with an error status the client has no better name for."""
+
+
+class StoreCorrupt(DnsregError):
+    """The store's file is damaged or not dnsreg's; the server refuses to start (exit 2)."""
+
+
+class DataDirLocked(DnsregError):
+    """Another server holds the data directory (one server per data directory)."""
+
+
+class RequestTimeout(DnsregError):
+    """The client did not send its request body in time."""

@@ -68,6 +68,10 @@ class Registry:
         self._tags: dict[str, dict[str, set[str]]] = {}
         self._service_revision: dict[str, int] = {}
         self._leases: list[tuple[float, str, str]] = []  # lazy min-heap of deadlines
+        # While a write is staged (see :meth:`stage`): the revision before it and
+        # each service revision that :meth:`_bump` overwrote, to put them back.
+        self._staged_revision: int | None = None
+        self._journal: list[tuple[str, int]] = []
 
     # ----------------------------------------------------------------- reads
     def __len__(self) -> int:
@@ -135,11 +139,20 @@ class Registry:
                 if i.maintenance is None and not i.pending:
                     judged += 1
                     served += i.served
-            if judged and served / judged < self.panic_threshold:
+            if self.panics(judged, served):
                 return ServedSet(
                     tuple(i for i in pool if i.maintenance is None and not i.pending), True
                 )
         return ServedSet(healthy, False)
+
+    def panics(self, judged: int, served: int) -> bool:
+        """Panic mode for a service of which ``served`` of ``judged`` instances are served
+        (judged: not in maintenance, checks run)."""
+        return (
+            self.panic_threshold is not None
+            and judged > 0
+            and served / judged < self.panic_threshold
+        )
 
     def in_panic(self, service: str) -> bool:
         return self.served(service, ()).panic
@@ -322,8 +335,75 @@ class Registry:
             self._service_revision.get(change.service, 0), change.revision
         )
 
+    # ------------------------------------------------------- staged writes
+    # A durable store must not show a change before it is committed, yet the
+    # registry's methods are what decide a change (validation, revisions,
+    # lease heap). So a store stages: it runs the methods, takes the changes
+    # they return, puts everything back with :meth:`unstage` (synchronously:
+    # no reader on the event loop sees the in-between), commits the changes,
+    # and only then :meth:`redo`-es them. A failed commit leaves no trace: no
+    # revision burnt, no event, no answer moved.
+    def stage(self) -> None:
+        """Start recording what the following writes overwrite."""
+        self._staged_revision = self.revision
+        self._journal = []
+
+    def unstage(self, changes: Iterable[Change]) -> None:
+        """Undo the changes made since :meth:`stage`, invisibly (no revision, no change)."""
+        for change in reversed(list(changes)):
+            current = self.get(change.service, change.id)
+            if current is not None:
+                self._drop(current)
+            if change.before is not None:
+                # Tracked again: an expiry popped the lease's heap entry (a
+                # duplicate entry is harmless, the heap is lazy).
+                self._put(change.before)
+        for service, revision in reversed(self._journal):
+            if revision:
+                self._service_revision[service] = revision
+            else:
+                self._service_revision.pop(service, None)
+        if self._staged_revision is not None:
+            self.revision = self._staged_revision
+        self._staged_revision = None
+        self._journal = []
+
+    def redo(self, change: Change) -> None:
+        """Apply a committed change that :meth:`unstage` took back.
+
+        A heartbeat that came while the commit ran renewed the current copy's
+        lease; a change that keeps the same registration keeps that lease.
+        """
+        current = self.get(change.service, change.id)
+        after = change.after
+        if current is not None:
+            if (
+                after is not None
+                and current.reg is after.reg
+                and current.deadline is not None
+                and after.deadline is not None
+                and current.deadline > after.deadline
+            ):
+                after = after.with_changes(deadline=current.deadline)
+            self._drop(current)
+        if after is not None:
+            self._put(after)
+        self.revision = max(self.revision, change.revision)
+        self._service_revision[change.service] = max(
+            self._service_revision.get(change.service, 0), change.revision
+        )
+
     # -------------------------------------------------------------- internals
+    def _drop(self, instance: Instance) -> None:
+        self._unindex(instance)
+        instances = self._services[instance.reg.service]
+        del instances[instance.reg.id]
+        if not instances:
+            del self._services[instance.reg.service]
+
     def _bump(self, service: str) -> int:
+        if self._staged_revision is not None:
+            self._journal.append((service, self._service_revision.get(service, 0)))
         self.revision += 1
         self._service_revision[service] = self.revision
         return self.revision

@@ -32,7 +32,7 @@ from collections.abc import Callable
 from typing import cast
 
 from dnsreg.core.durations import format_duration
-from dnsreg.core.errors import NotFound
+from dnsreg.core.errors import LOCAL_RESOURCE_ERRNOS, NotFound, Unavailable
 from dnsreg.core.model import Check, Health, Instance
 from dnsreg.core.registry import Change, ChangeKind, Registry
 from dnsreg.core.targets import HttpTarget
@@ -76,6 +76,8 @@ class Checker:
         # Plain counters, read by /metrics at scrape time.
         self.results: Counter[str] = Counter()
         self.in_flight = 0
+        self.local_errors = 0  # probes that could not run (EMFILE, ...): no verdict
+        self._local_logged_at = -1e9
 
     # -------------------------------------------------------------- lifecycle
     async def start(self) -> None:
@@ -178,16 +180,22 @@ class Checker:
             await asyncio.sleep(max(0.0, at - loop.time()))
             try:
                 result = await self.probe(check, target)
-                await self._record(key, index, check, result)
+                if result is not None:
+                    await self._record(key, index, check, result)
             except asyncio.CancelledError:
                 raise
+            except Unavailable:  # the store is degraded and says so itself; retry next run
+                log.debug("check %s/%s[%d]: result not recorded", service, instance_id, index)
             except Exception:  # keep checking: the next run may well succeed
                 log.exception("check %s/%s[%d] failed to run", service, instance_id, index)
             at = following_run(at, loop.time(), check.interval, offset)
 
-    async def probe(self, check: Check, target: HttpTarget | None = None) -> ProbeResult:
+    async def probe(self, check: Check, target: HttpTarget | None = None) -> ProbeResult | None:
         """Run ``check`` once (waiting for a free slot first); never raises for the target's
-        failures, which are results like any other. ``target``: the check's URL, parsed."""
+        failures, which are results like any other. ``target``: the check's URL, parsed.
+
+        None: the probe could not run for a local reason (out of descriptors or
+        buffers): that says nothing of the target, so the check keeps its state."""
         loop = asyncio.get_running_loop()
         async with self._slots:
             self.in_flight += 1
@@ -202,6 +210,11 @@ class Checker:
             except TimeoutError:
                 health = Health.CRITICAL
                 output = f"{_what(check)}: timed out after {format_duration(check.timeout)}"
+            except OSError as exc:
+                if exc.errno in LOCAL_RESOURCE_ERRNOS:
+                    self._local_error(check, exc)
+                    return None
+                health, output = Health.CRITICAL, f"{_what(check)}: {_describe(exc)}"
             except Exception as exc:  # refused, reset, bad name, TLS, ...: all say "critical"
                 health, output = Health.CRITICAL, f"{_what(check)}: {_describe(exc)}"
             finally:
@@ -209,6 +222,17 @@ class Checker:
             duration = loop.time() - t0
         self.results[health.value] += 1
         return ProbeResult(health, output, started, duration)
+
+    def _local_error(self, check: Check, exc: OSError) -> None:
+        """Logged, at most every 10 s (a descriptor shortage hits every probe at once)."""
+        self.local_errors += 1
+        now = time.monotonic()
+        if now - self._local_logged_at >= 10.0:
+            self._local_logged_at = now
+            log.error(
+                "health probes cannot run: %s (%d so far; %s and the others keep their state)",
+                _describe(exc), self.local_errors, _what(check),
+            )  # fmt: skip
 
     async def _http(self, target: HttpTarget) -> tuple[Health, str]:
         answer = await self._get(target)

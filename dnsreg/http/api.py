@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -18,6 +19,7 @@ from dnsreg.core.errors import (
     InvalidInput,
     NotFound,
     PayloadTooLarge,
+    RequestTimeout,
     Unauthorized,
     Unavailable,
     UnsupportedMediaType,
@@ -28,8 +30,10 @@ from dnsreg.core.registry import Registry
 from dnsreg.http.auth import Auth
 from dnsreg.http.events import EventHub
 from dnsreg.http.explain import Explainer, add_explain_route
+from dnsreg.http.listing import Listing
 from dnsreg.http.metrics import Metrics
 from dnsreg.http.schema import MaintenanceBody, RegisterBody, decode_body, to_registration
+from dnsreg.http.service_counts import ServiceCounts
 from dnsreg.http.ui import add_ui_routes
 from dnsreg.store import Store
 
@@ -41,6 +45,7 @@ STATUS_FOR_ERROR: dict[type[DnsregError], int] = {
     Unauthorized: 401,
     Forbidden: 403,
     NotFound: 404,
+    RequestTimeout: 408,
     Conflict: 409,
     PayloadTooLarge: 413,
     UnsupportedMediaType: 415,
@@ -88,6 +93,10 @@ async def errors_middleware(
         if exc.status < 400:
             raise
         return json_response({"error": exc.reason}, status=exc.status)
+    except ConnectionError:
+        # The client went away mid-request (reset, closed): nothing is wrong here.
+        log.debug("client left during %s %s", request.method, request.path)
+        return web.Response(status=400)  # unsendable: the connection is gone
     except Exception:
         log.exception("unhandled error on %s %s", request.method, request.path)
         return json_response({"error": "internal server error"}, status=500)
@@ -106,12 +115,16 @@ class Api:
         events_buffer: int = 10_000,
         events_keepalive: float = 15.0,
         explain: Explainer | None = None,
+        body_timeout: float = 30.0,
     ) -> None:
         self.registry = registry
         self.store = store
         self.metrics = metrics
         self.describe = describe
         self.auth = auth
+        self.body_timeout = body_timeout
+        self.listing = Listing(registry, json_response)
+        self.counts = ServiceCounts(registry)
         self.started = time.time()
         # Change notification (SPEC §5): the hub hears every change the store applies.
         self.events = EventHub(
@@ -157,13 +170,18 @@ class Api:
 
         return read
 
-    @staticmethod
-    async def _body(request: web.Request) -> bytes:
+    async def _body(self, request: web.Request) -> bytes:
         ctype = request.content_type if request.headers.get("Content-Type") else ""
         # curl -d sends form-urlencoded; accept it when the body is JSON.
         if ctype not in _JSON_TYPES:
             raise UnsupportedMediaType(f"send the body as application/json, not {ctype}")
-        return await request.read()
+        try:
+            async with asyncio.timeout(self.body_timeout):  # a body trickling in holds a slot
+                return await request.read()
+        except TimeoutError:
+            raise RequestTimeout(
+                f"the request body did not arrive within {self.body_timeout:g}s"
+            ) from None
 
     @staticmethod
     def _names(request: web.Request) -> tuple[str, str]:
@@ -226,47 +244,11 @@ class Api:
 
     async def list_services(self, request: web.Request) -> web.Response:
         prefix = request.query.get("prefix", "").lower()
-        out: dict[str, dict[str, int | bool]] = {}
-        for service in sorted(self.registry.services()):
-            if not service.startswith(prefix):
-                continue
-            counts: dict[str, int | bool] = {
-                "instances": 0, "passing": 0, "warning": 0, "critical": 0, "maintenance": 0,
-                "served": 0,
-            }  # fmt: skip
-            for instance in self.registry.instances(service).values():
-                counts["instances"] += 1
-                counts[instance.health.value] += 1
-                counts["maintenance"] += instance.maintenance is not None
-            served = self.registry.served(service)
-            counts["served"] = len(served.instances)
-            counts["panic"] = served.panic
-            out[service] = counts
-        revision = self.registry.revision
+        revision, out = await self.counts.listing(prefix)
         return json_response({"revision": revision, "services": out}, revision=revision)
 
-    async def show_service(self, request: web.Request) -> web.Response:
-        service = check_label(request.match_info["service"], field="service")
-        tags = [check_label(t, field="tag") for t in request.query.getall("tag", [])]
-        passing = "passing" in request.query and request.query["passing"] not in ("0", "false")
-        pool = (
-            self.registry.tagged(service, tags)
-            if tags
-            else list(self.registry.instances(service).values())
-        )
-        if passing:
-            served = {id(i) for i in self.registry.served(service, pool).instances}
-            pool = [i for i in pool if id(i) in served]
-        revision = self.registry.revision
-        return json_response(
-            {
-                "revision": revision,
-                "service": service,
-                "panic": self.registry.in_panic(service),
-                "instances": [self._instance_view(i) for i in sorted(pool, key=lambda i: i.reg.id)],
-            },
-            revision=revision,
-        )
+    async def show_service(self, request: web.Request) -> web.StreamResponse:
+        return await self.listing.show(request)
 
     async def show_instance(self, request: web.Request) -> web.Response:
         service, instance_id = self._names(request)
@@ -278,8 +260,10 @@ class Api:
 
     async def status(self, request: web.Request) -> web.Response:
         revision = self.registry.revision
+        degraded = self.store.degraded
         body = {
-            "status": "ok",
+            "status": "degraded" if degraded else "ok",
+            **({"reason": degraded} if degraded else {}),
             "version": __version__,
             "revision": revision,
             "uptime": round(time.time() - self.started, 3),

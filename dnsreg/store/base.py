@@ -12,8 +12,10 @@ from __future__ import annotations
 import abc
 import logging
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
+from dnsreg.core.errors import Unavailable
 from dnsreg.core.model import CheckStatus, Instance, Registration
 from dnsreg.core.preservation import ExpiryGuard
 from dnsreg.core.registry import Change, Registry
@@ -73,6 +75,14 @@ class Store(abc.ABC):
         """True while the registry may be out of date (backend unreachable for ``stale_after``)."""
         return False
 
+    @property
+    def degraded(self) -> str | None:
+        """Why the store cannot be trusted right now (writes fail, or the backend is
+        out of reach), for /v1/status; None while all is well."""
+        if self.stale:
+            return f"{self.kind} unreachable: answers may be out of date"
+        return None
+
     def subscribe_stale(self, listener: StaleListener) -> None:
         """Call ``listener(stale)`` whenever :attr:`stale` flips."""
         self._stale_listeners.append(listener)
@@ -112,6 +122,14 @@ class Store(abc.ABC):
     async def record_check(
         self, service: str, instance_id: str, index: int, status: CheckStatus
     ) -> Change | None: ...
+
+    # ----------------------------------------------------------------- backup
+    async def backup(self, target: Path) -> None:
+        """Write a consistent snapshot of the store to ``target`` (a new file)."""
+        raise Unavailable(
+            f"the {self.kind} store is not backed up through dnsreg: back up its backend "
+            "(for etcd: etcdctl snapshot save, see README)"
+        )
 
     # ----------------------------------------------------------------- status
     def describe(self) -> dict[str, Any]:

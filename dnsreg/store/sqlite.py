@@ -23,9 +23,9 @@ from urllib.parse import urlsplit
 
 import msgspec
 
-from dnsreg.core.errors import Unavailable
+from dnsreg.core.errors import DnsregError, StoreCorrupt, Unavailable
 from dnsreg.core.model import CheckStatus, Instance, Registration
-from dnsreg.core.registry import Change, ChangeKind, Registry
+from dnsreg.core.registry import Change, Registry
 from dnsreg.store.base import Store, instance_from_row, instance_to_row
 
 log = logging.getLogger("dnsreg.store.sqlite")
@@ -40,13 +40,34 @@ CREATE TABLE IF NOT EXISTS instances (
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
+_OWN_TABLES = {"instances", "meta"}
+
 # Self-preservation: seconds between assessments while it holds, and between reminders.
 GUARD_RECHECK = 1.0
 GUARD_REMIND = 60.0
 GUARD_REUSE = 0.25  # seconds a "do not hold" verdict stands
 
-# Pending write: (service, id, row or None for delete, revision).
+# A row to write: (service, id, row or None for delete, revision).
 _Write = tuple[str, str, bytes | None, int]
+# A write waiting for the writer: it makes its changes on the registry when run.
+_Intent = Callable[[], list[Change]]
+
+RECOVERY_PROBE = 2.0  # seconds between commit attempts while degraded
+
+
+def _cause(exc: sqlite3.Error) -> str:
+    """The real cause of a failed commit, in the words an operator searches for."""
+    name = getattr(exc, "sqlite_errorname", "") or ""
+    if name.startswith("SQLITE_FULL"):
+        return "disk full"
+    if name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")):
+        return "database is locked"
+    if name.startswith("SQLITE_READONLY"):
+        return "database is read-only"
+    if name.startswith("SQLITE_IOERR"):
+        return f"I/O error: {exc}"
+    return str(exc)
+
 
 _encode = msgspec.json.Encoder().encode
 
@@ -65,8 +86,8 @@ class SqliteStore(Store):
         super().__init__(registry, clock)
         self.path = path
         self._db: sqlite3.Connection | None = None
-        self._pending: list[tuple[_Write, asyncio.Future[None]]] = []
-        self._changes: dict[asyncio.Future[None], Change] = {}
+        self._pending: list[tuple[_Intent, asyncio.Future[list[Change]]]] = []
+        self._degraded: str | None = None
         self._flush_wanted = asyncio.Event()
         self._schedule_changed = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -77,16 +98,12 @@ class SqliteStore(Store):
     async def start(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=FULL")
-        db.executescript(_SCHEMA)
+        try:
+            rows = self._open(db)
+        except BaseException:
+            db.close()
+            raise
         self._db = db
-        now = self.clock()
-        rows = db.execute("SELECT data FROM instances").fetchall()
-        revision_row = db.execute("SELECT value FROM meta WHERE key='revision'").fetchone()
-        for (data,) in rows:
-            self.registry.restore(instance_from_row(msgspec.json.decode(data)), now)
-        self.registry.set_revision(int(revision_row[0]) if revision_row else 0)
         log.info(
             "store: sqlite at %s, %d instance(s) restored at revision %d",
             self.path,
@@ -97,6 +114,43 @@ class SqliteStore(Store):
             asyncio.create_task(self._writer(), name="sqlite-writer"),
             asyncio.create_task(self._expirer(), name="lease-expirer"),
         ]
+
+    def _open(self, db: sqlite3.Connection) -> list[Any]:
+        """Check the file is dnsreg's, then load it into the registry; returns its rows."""
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=FULL")
+            tables = {
+                name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type='table'")
+            }
+            foreign = sorted(tables - _OWN_TABLES)
+            if foreign:
+                raise self._corrupt(f"it is not dnsreg's database (it holds {', '.join(foreign)})")
+            if "instances" in tables:
+                columns = [c[1] for c in db.execute("PRAGMA table_info(instances)")]
+                if columns != ["service", "id", "data"]:
+                    raise self._corrupt("it is not dnsreg's database (unknown instances table)")
+            db.executescript(_SCHEMA)
+            rows = db.execute("SELECT data FROM instances").fetchall()
+            revision_row = db.execute("SELECT value FROM meta WHERE key='revision'").fetchone()
+            now = self.clock()
+            for (data,) in rows:
+                self.registry.restore(instance_from_row(msgspec.json.decode(data)), now)
+            self.registry.set_revision(int(revision_row[0]) if revision_row else 0)
+        except sqlite3.DatabaseError as exc:
+            name = getattr(exc, "sqlite_errorname", "") or ""
+            if name.startswith(("SQLITE_NOTADB", "SQLITE_CORRUPT")):
+                raise self._corrupt(f"it is damaged or not a database ({exc})") from None
+            raise Unavailable(f"cannot open the store {self.path}: {_cause(exc)}") from None
+        except (msgspec.DecodeError, KeyError, TypeError, ValueError) as exc:
+            raise self._corrupt(f"a row cannot be read ({type(exc).__name__}: {exc})") from None
+        return rows
+
+    def _corrupt(self, what: str) -> StoreCorrupt:
+        return StoreCorrupt(
+            f"the store file {self.path.absolute()} cannot be used: {what}. "
+            "Restore a backup (dnsreg backup, see README) or move the file aside to start empty"
+        )
 
     async def close(self) -> None:
         self._closing = True
@@ -120,6 +174,31 @@ class SqliteStore(Store):
             self._db.close()
             self._db = None
 
+    async def backup(self, target: Path) -> None:
+        """SQLite's online backup API from a connection of its own: one read
+        transaction copies every page, so the copy is one consistent revision
+        (WAL included) while the writer goes on committing."""
+        if self._db is None:
+            raise Unavailable("the store is closed")
+
+        def copy() -> None:
+            source = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True)
+            try:
+                destination = sqlite3.connect(target)
+                try:
+                    source.backup(destination)
+                    # A file that stands alone: no -wal beside it needed.
+                    destination.execute("PRAGMA journal_mode=DELETE")
+                finally:
+                    destination.close()
+            finally:
+                source.close()
+
+        try:
+            await asyncio.to_thread(copy)
+        except sqlite3.Error as exc:
+            raise Unavailable(f"backup failed: {_cause(exc)}") from None
+
     def describe(self) -> dict[str, Any]:
         return {"kind": self.kind, "path": str(self.path), "pending_writes": len(self._pending)}
 
@@ -129,9 +208,11 @@ class SqliteStore(Store):
         return self.expiry_guard.describe()
 
     # ----------------------------------------------------------------- writes
+    # Each write is an intent run by the writer against the registry, staged,
+    # committed, and only then applied and published (see Registry.stage).
     async def register(self, reg: Registration) -> Change:
-        change = self.registry.register(reg, self.clock())
-        await self._commit(change)
+        now = self.clock()
+        (change,) = await self._submit(lambda: [self.registry.register(reg, now)])
         self._schedule_changed.set()
         return change
 
@@ -139,25 +220,33 @@ class SqliteStore(Store):
         return self.registry.heartbeat(service, instance_id, self.clock())
 
     async def deregister(self, service: str, instance_id: str) -> Change:
-        change = self.registry.deregister(service, instance_id)
-        await self._commit(change)
+        (change,) = await self._submit(lambda: [self.registry.deregister(service, instance_id)])
         return change
 
     async def set_maintenance(
         self, service: str, instance_id: str, reason: str | None
     ) -> Change | None:
-        change = self.registry.set_maintenance(service, instance_id, reason)
-        if change is not None:
-            await self._commit(change)
-        return change
+        def intent() -> list[Change]:
+            change = self.registry.set_maintenance(service, instance_id, reason)
+            return [] if change is None else [change]
+
+        changes = await self._submit(intent)
+        return changes[0] if changes else None
 
     async def record_check(
         self, service: str, instance_id: str, index: int, status: CheckStatus
     ) -> Change | None:
-        change = self.registry.set_check_status(service, instance_id, index, status)
-        if change is not None:
-            await self._commit(change)
-        return change
+        current = self.registry.require(service, instance_id)
+        if index < len(current.checks) and current.checks[index].state is status.state:
+            # Same state (most probes): not a change, nothing to commit, no queue.
+            return self.registry.set_check_status(service, instance_id, index, status)
+
+        def intent() -> list[Change]:
+            change = self.registry.set_check_status(service, instance_id, index, status)
+            return [] if change is None else [change]
+
+        changes = await self._submit(intent)
+        return changes[0] if changes else None
 
     async def expire_now(self) -> list[Change]:
         """Expire every lease that is due, unless self-preservation holds (SPEC §3).
@@ -182,13 +271,11 @@ class SqliteStore(Store):
                 self._log_guard(was_active, now)
             if guard.active:
                 return []
-        changes = self.registry.expire_due(now)
+        changes = await self._submit(lambda: self.registry.expire_due(now))
         if guard is not None:
             for change in changes:
                 assert change.before is not None
                 guard.expired(now, change.before.reg.ttl)
-        if changes:
-            await asyncio.gather(*(self._commit(c) for c in changes))
         return changes
 
     def _log_guard(self, was_active: bool, now: float) -> None:
@@ -215,65 +302,102 @@ class SqliteStore(Store):
             log.warning("self-preservation over: %s: lease expiry resumed", numbers)
 
     # -------------------------------------------------------------- internals
-    async def _commit(self, change: Change) -> None:
-        """Publish the change, then wait until it is durable."""
-        if self._db is None:
+    @property
+    def degraded(self) -> str | None:
+        return self._degraded or super().degraded
+
+    async def _submit(self, intent: _Intent) -> list[Change]:
+        """Queue a write for the writer; returns its changes once they are durable."""
+        if self._db is None or self._closing:
             raise Unavailable("the store is closed")
-        self._publish(change)
-        row = _encode(instance_to_row(change.after)) if change.after is not None else None
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._pending.append(((change.service, change.id, row, change.revision), future))
-        self._changes[future] = change
+        future: asyncio.Future[list[Change]] = asyncio.get_running_loop().create_future()
+        self._pending.append((intent, future))
         self._flush_wanted.set()
-        await future
+        return await future
 
     async def _writer(self) -> None:
         while True:
-            await self._flush_wanted.wait()
+            if self._degraded is None:
+                await self._flush_wanted.wait()
+            else:
+                # Degraded: try a commit of our own now and then, so the status
+                # recovers without a write (and without a restart).
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._flush_wanted.wait(), RECOVERY_PROBE)
             self._flush_wanted.clear()
             if self._pending:
                 await self._flush()
+            elif self._degraded is not None and not self._closing:
+                await self._probe()
             if self._closing and not self._pending:
                 return
 
     async def _flush(self) -> None:
         batch, self._pending = self._pending, []
-        writes = [w for w, _ in batch]
-        changes = [self._changes.pop(future) for _, future in batch]
+        registry = self.registry
+        registry.stage()
+        staged: list[tuple[asyncio.Future[list[Change]], list[Change]]] = []
+        changes: list[Change] = []
         try:
-            await asyncio.to_thread(self._write_batch, writes)
-        except sqlite3.Error as exc:
-            log.error("store: commit of %d change(s) failed: %s", len(batch), exc)
-            self._revert(changes)
-            for _, future in batch:
-                if not future.done():
-                    future.set_exception(Unavailable(f"the store could not commit: {exc}"))
-            return
-        for _, future in batch:
+            for intent, future in batch:
+                try:
+                    made = intent()
+                except DnsregError as exc:  # NotFound, Conflict: that write alone fails
+                    if not future.done():
+                        future.set_exception(exc)
+                    continue
+                staged.append((future, made))
+                changes.extend(made)
+        finally:
+            registry.unstage(changes)
+        if changes:
+            writes = [
+                (
+                    c.service,
+                    c.id,
+                    _encode(instance_to_row(c.after)) if c.after is not None else None,
+                    c.revision,
+                )
+                for c in changes
+            ]
+            try:
+                await asyncio.to_thread(self._write_batch, writes)
+            except sqlite3.Error as exc:
+                reason = _cause(exc)
+                self._set_degraded(f"{reason} ({self.path})")
+                log.error(
+                    "store: commit of %d change(s) failed, nothing was changed: %s (%s)",
+                    len(changes), reason, exc,
+                )  # fmt: skip
+                failure = Unavailable(f"the store could not commit: {reason}")
+                for future, _ in staged:
+                    if not future.done():
+                        future.set_exception(failure)
+                return
+            self._set_degraded(None)
+            for change in changes:
+                registry.redo(change)
+                self._publish(change)
+        for future, made in staged:
             if not future.done():
-                future.set_result(None)
+                future.set_result(made)
 
-    def _revert(self, changes: list[Change]) -> None:
-        """Take back changes that never became durable, so memory matches the disk.
+    async def _probe(self) -> None:
+        try:
+            await asyncio.to_thread(self._write_batch, [])
+        except sqlite3.Error as exc:
+            self._set_degraded(f"{_cause(exc)} ({self.path})")
+        else:
+            self._set_degraded(None)
 
-        A change is undone only while the instance still is what the change
-        made it; the undo is itself a change (new revision), so caches and
-        watchers that saw the failed one see it go.
-        """
-        for change in reversed(changes):
-            current = self.registry.get(change.service, change.id)
-            if current is not change.after:
-                continue
-            undo = Change(
-                ChangeKind.REPLACED if change.before is not None else ChangeKind.DEREGISTERED,
-                self.registry.revision + 1,
-                change.service,
-                change.id,
-                change.after,
-                change.before,
-            )
-            self.registry.apply(undo)
-            self._publish(undo)
+    def _set_degraded(self, reason: str | None) -> None:
+        if reason == self._degraded:
+            return
+        if reason is None:
+            log.warning("store: commits succeed again; no longer degraded")
+        else:
+            log.error("store degraded: %s; writes fail with 503 until a commit succeeds", reason)
+        self._degraded = reason
 
     def _write_batch(self, writes: list[_Write]) -> None:
         db = self._db
@@ -292,14 +416,25 @@ class SqliteStore(Store):
                         (service, instance_id, row),
                     )
                 top = max(top, revision)
-            db.execute(
-                "INSERT INTO meta (key, value) VALUES ('revision', ?) "
-                "ON CONFLICT(key) DO UPDATE SET value=max(CAST(value AS INTEGER), excluded.value)",
-                (str(top),),
-            )
+            if writes:
+                db.execute(
+                    "INSERT INTO meta (key, value) VALUES ('revision', ?) ON CONFLICT(key) "
+                    "DO UPDATE SET value=max(CAST(value AS INTEGER), excluded.value)",
+                    (str(top),),
+                )
+            else:  # the recovery probe: a real write, so a full disk fails it
+                db.execute(
+                    "INSERT OR REPLACE INTO meta (key, value) VALUES ('probed_at', ?)",
+                    (str(self.clock()),),
+                )
             db.execute("COMMIT")
         except BaseException:
-            db.execute("ROLLBACK")
+            # SQLite rolls back by itself on SQLITE_FULL and some I/O errors; a
+            # second ROLLBACK would raise "no transaction is active" and hide
+            # the real cause.
+            if db.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    db.execute("ROLLBACK")
             raise
 
     async def _expirer(self) -> None:
@@ -321,6 +456,9 @@ class SqliteStore(Store):
                     continue
             try:
                 changes = await self.expire_now()
+            except Unavailable:  # degraded (logged by the writer): retry once a second
+                await asyncio.sleep(1.0)
+                continue
             except Exception:
                 log.exception("store: lease expiry failed")
                 await asyncio.sleep(0.1)

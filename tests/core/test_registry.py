@@ -120,3 +120,53 @@ def test_restore_gives_a_fresh_full_lease(clock: FakeClock) -> None:
     restored = fresh.require("web", "web-1")
     assert restored.deadline == clock() + 30
     assert fresh.revision == 5
+
+
+# ------------------------------------------------------------------ staged writes
+def _state(r: Registry) -> tuple[object, ...]:
+    return (
+        r.revision,
+        {s: dict(r.instances(s)) for s in r.services()},
+        {s: r.service_revision(s) for s in ("web", "db")},
+        r.next_deadline(),
+        r.tagged("web", ["blue"]),
+    )
+
+
+def test_unstage_takes_back_every_staged_change_invisibly() -> None:
+    clock = FakeClock()
+    r = Registry()
+    r.register(reg(iid="web-1", tags=("blue",), ttl=10), clock())
+    r.register(reg(service="db", iid="db-1", ttl=5), clock())
+    before = _state(r)
+    clock.advance(6)  # db-1 is due
+    r.stage()
+    changes = [
+        r.register(reg(iid="web-2", tags=("blue",)), clock()),
+        r.deregister("web", "web-1"),
+        *r.expire_due(clock()),
+    ]
+    assert [c.kind for c in changes] == [
+        ChangeKind.REGISTERED, ChangeKind.DEREGISTERED, ChangeKind.EXPIRED,
+    ]  # fmt: skip
+    r.unstage(changes)
+    assert _state(r) == before  # no revision burnt, nothing moved
+    # The lease that expiry popped is still tracked: it expires when committed for real.
+    assert [c.id for c in r.expire_due(clock())] == ["db-1"]
+
+
+def test_redo_applies_committed_changes_and_keeps_a_newer_lease() -> None:
+    clock = FakeClock()
+    r = Registry()
+    r.register(reg(iid="web-1", ttl=10), clock())
+    r.stage()
+    change = r.set_maintenance("web", "web-1", "deploy")
+    assert change is not None
+    r.unstage([change])
+    clock.advance(5)
+    r.heartbeat("web", "web-1", clock())  # while the commit ran
+    r.redo(change)
+    now = r.require("web", "web-1")
+    assert now.maintenance == "deploy"
+    assert now.deadline == clock() + 10  # the heartbeat's lease, not the staged one
+    assert r.revision == change.revision == r.service_revision("web")

@@ -500,3 +500,13 @@ async def test_health_checks_run_on_one_node_and_move_when_it_dies(
             assert await a.addresses("web.service.local") == set()
     finally:
         await runner.cleanup()
+
+
+async def test_backup_of_an_etcd_store_says_to_use_etcdctl(
+    etcd: EtcdCluster, tmp_path: Path
+) -> None:
+    async with nodes(tmp_path, etcd.store_url()) as (a,):
+        async with a.http.get(a.base + "/v1/backup") as resp:
+            assert resp.status == 503
+            assert "etcdctl snapshot save" in (await resp.json())["error"]
+        assert list((tmp_path / "node0" / "data").glob(".backup-*")) == []
