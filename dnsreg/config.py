@@ -65,6 +65,10 @@ class Config:
     acl_file: Path | None = None  # tokens (SPEC §7); without it writes are loopback-only
     acl_reads: str = "open"  # "open" or "token": GETs need a token with read
     insecure_open_api: bool = False  # allow ACL-less writes on a non-loopback address
+    # Zone transfers and NOTIFY (SPEC §2, dns/xfr_out, dns/notify).
+    allow_transfer: tuple[str, ...] = ()  # CIDR strings of the secondaries
+    notify: tuple[HostPort, ...] = ()  # secondaries to NOTIFY after a change
+    ixfr_journal: int = 1000  # revisions of differences kept for IXFR
 
     @property
     def origin(self) -> tuple[str, ...]:
@@ -114,6 +118,19 @@ def _coerce(name: str, value: Any) -> Any:
             if isinstance(value, str):
                 return tuple(v.strip() for v in value.split(",") if v.strip())
             return tuple(str(v) for v in value)
+        if name in ("allow_transfer", "notify"):
+            items = value.split(",") if isinstance(value, str) else list(value)
+            texts = [str(v).strip() for v in items if str(v).strip()]
+            if name == "notify":
+                return tuple(HostPort.parse(t, field="notify") for t in texts)
+            for text in texts:
+                ipaddress.ip_network(text, strict=False)  # ValueError: reported below
+            return tuple(texts)
+        if name == "ixfr_journal":
+            journal = int(value)
+            if journal < 1:
+                raise ConfigError("ixfr_journal: must be at least 1")
+            return journal
         if name in ("events_buffer", "events_keepalive"):
             number = int(value) if name == "events_buffer" else float(value)
             if not number > 0:

@@ -126,8 +126,13 @@ def answer(
     """Build the reply to ``q``. Total: every question gets a reply kind."""
     if q.qclass not in (IN, ANY):
         return Reply(Kind.REFUSED, authoritative=False, scope=Scope.STATIC)
+    if q.qtype == IXFR and not q.tcp and q.name == settings.origin:
+        # RFC 1995 §2: an IXFR over UDP is answered with the current SOA alone; the
+        # client then transfers over TCP (dns/xfr_out), where access is checked.
+        return _Lookup(registry, static, settings, rng, q.tcp).resolve(q.name, SOA)
     if q.qtype in (AXFR, IXFR):
-        # Zone transfers are not offered (yet): RFC 5936 §2.2.1 allows REFUSED.
+        # Over TCP, transfers are dns/xfr_out's; reaching here means they are not
+        # configured, or AXFR over UDP (RFC 5936 §4.2): RFC 5936 §2.2.1 allows REFUSED.
         return Reply(Kind.REFUSED, authoritative=False, scope=Scope.STATIC)
     reply = _Lookup(registry, static, settings, rng, q.tcp).resolve(q.name, q.qtype)
     if q.qclass == ANY and reply.authoritative:

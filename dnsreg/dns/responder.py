@@ -10,12 +10,17 @@ from __future__ import annotations
 
 import random
 from collections import Counter
+from typing import TYPE_CHECKING
 
 from dnsreg.core.registry import Registry
 from dnsreg.dns.answer_cache import VARIANTS, AnswerCache, Entry, cache_key, scope_stamp
 from dnsreg.dns.answers import Question, Reply, Scope, Settings, answer
+from dnsreg.dns.records import AXFR, IXFR
 from dnsreg.dns.wire import Malformed, decode_query, encode_reply, size_limit
 from dnsreg.dns.zones import StaticZones
+
+if TYPE_CHECKING:
+    from dnsreg.dns.xfr_out import Transfers
 
 EDE_STALE_ANSWER = 3  # RFC 8914 §4.4
 
@@ -43,6 +48,8 @@ class Responder:
         self.rcodes: Counter[int] = Counter()
         self.dropped = 0
         self.malformed = 0
+        # Set by the server when zone transfers are configured (dns/xfr_out).
+        self.transfers: Transfers | None = None
 
     @property
     def static(self) -> StaticZones:
@@ -54,6 +61,15 @@ class Responder:
         self._static = zones
         self.static_generation += 1
         self.cache.clear()
+
+    def respond_tcp(self, data: bytes, peer: str) -> bytes | list[bytes] | None:
+        """One TCP message: a zone transfer streams several replies (dns/xfr_out)."""
+        transfers = self.transfers
+        if transfers is not None and _maybe_transfer(data):
+            messages = transfers.tcp(data, peer)
+            if messages is not None:
+                return messages
+        return self.respond(data, tcp=True)
 
     def respond(self, data: bytes, *, tcp: bool) -> bytes | None:
         found = cache_key(data, tcp)
@@ -130,6 +146,21 @@ class Responder:
     def counts(self) -> dict[int, int]:
         """Responses sent by rcode, cache hits included (for metrics)."""
         return dict(self.rcodes + self.cache.hits_by_rcode())
+
+
+def _maybe_transfer(data: bytes) -> bool:
+    """A cheap look at QTYPE: AXFR or IXFR (the transfer code decodes fully)."""
+    zero = data.find(0, 12)
+    return (
+        zero > 0
+        and len(data) >= zero + 3
+        and data[zero + 1] == 0
+        and data[zero + 2]
+        in (
+            AXFR,
+            IXFR,
+        )
+    )
 
 
 def _mark_stale(reply: Reply) -> Reply:
