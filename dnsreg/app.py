@@ -27,6 +27,7 @@ from dnsreg.dns.notify import Notifier, Secondary
 from dnsreg.dns.responder import Responder
 from dnsreg.dns.server import DnsServer
 from dnsreg.dns.transfer import Journal
+from dnsreg.dns.tsig import Signer
 from dnsreg.dns.xfr_out import Transfers, parse_networks
 from dnsreg.dns.zones import StaticZones, load_zones
 from dnsreg.health.checker import Checker, PanicWatch
@@ -169,14 +170,21 @@ class Server:
         """AXFR/IXFR out and NOTIFY (SPEC §2), when the config asks for them."""
         cfg = self.config
         responder, store = self.responder, self.store
-        if not (cfg.allow_transfer or cfg.notify) or responder is None or store is None:
+        if responder is None or store is None:
+            return
+        responder.signer = Signer(cfg.tsig_keys, clock=self.clock)
+        by_key = any(k.rights & {"transfer", "operator"} for k in cfg.tsig_keys)
+        if not (cfg.allow_transfer or cfg.notify or by_key):
             return
         journal = Journal(self.registry, settings, self.static, limit=cfg.ixfr_journal)
         allow = parse_networks(cfg.allow_transfer)
-        responder.transfers = Transfers(journal, lambda: responder.static, allow)
+        responder.transfers = Transfers(
+            journal, lambda: responder.static, allow, signer=responder.signer
+        )
         if cfg.notify:
             secondaries = [Secondary(hp.host, hp.port) for hp in cfg.notify]
-            self.notifier = Notifier(origin=cfg.origin, secondaries=secondaries,
+            key = next((k.dns_key() for k in cfg.tsig_keys if k.name == cfg.notify_key), None)
+            self.notifier = Notifier(origin=cfg.origin, secondaries=secondaries, key=key,
                                      soa_text=lambda: journal.soa.rdata.text())  # fmt: skip
         notifier = self.notifier
 

@@ -13,6 +13,7 @@ from typing import Any
 from dnsreg.core.durations import parse_duration
 from dnsreg.core.errors import ConfigError, InvalidInput
 from dnsreg.core.names import check_label, parse_name
+from dnsreg.dns.tsig import TsigKey, parse_keys
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +70,8 @@ class Config:
     allow_transfer: tuple[str, ...] = ()  # CIDR strings of the secondaries
     notify: tuple[HostPort, ...] = ()  # secondaries to NOTIFY after a change
     ixfr_journal: int = 1000  # revisions of differences kept for IXFR
+    tsig_keys: tuple[TsigKey, ...] = ()  # [[tsig_keys]] tables (RFC 8945, dns/tsig)
+    notify_key: str = ""  # the tsig key NOTIFYs are signed with ("": unsigned)
 
     @property
     def origin(self) -> tuple[str, ...]:
@@ -126,6 +129,13 @@ def _coerce(name: str, value: Any) -> Any:
             for text in texts:
                 ipaddress.ip_network(text, strict=False)  # ValueError: reported below
             return tuple(texts)
+        if name == "tsig_keys":
+            if isinstance(value, str):
+                raise ConfigError("tsig_keys: only in the config file, as [[tsig_keys]] tables")
+            return value if isinstance(value, tuple) else parse_keys(value)
+        if name == "notify_key":
+            text = str(value).strip()
+            return text and (text.rstrip(".") + ".").lower()
         if name == "ixfr_journal":
             journal = int(value)
             if journal < 1:
@@ -215,4 +225,7 @@ def load_config(
         for name, value in layer.items():
             if name in _FIELDS:
                 merged[name] = _coerce(name, value)
-    return replace(Config(), **merged)
+    config = replace(Config(), **merged)
+    if config.notify_key and not any(k.name == config.notify_key for k in config.tsig_keys):
+        raise ConfigError(f"notify_key: no [[tsig_keys]] entry is named {config.notify_key!r}")
+    return config

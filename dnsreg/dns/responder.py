@@ -16,13 +16,15 @@ from dnsreg.core.registry import Registry
 from dnsreg.dns.answer_cache import VARIANTS, AnswerCache, Entry, cache_key, scope_stamp
 from dnsreg.dns.answers import Question, Reply, Scope, Settings, answer
 from dnsreg.dns.records import AXFR, IXFR
-from dnsreg.dns.wire import Malformed, decode_query, encode_reply, size_limit
+from dnsreg.dns.tsig import Signer
+from dnsreg.dns.wire import Malformed, Query, Rcode, decode_query, encode_reply, size_limit
 from dnsreg.dns.zones import StaticZones
 
 if TYPE_CHECKING:
     from dnsreg.dns.xfr_out import Transfers
 
 EDE_STALE_ANSWER = 3  # RFC 8914 §4.4
+TSIG_ROOM = 160  # a TSIG RR with an HMAC-SHA512 MAC and a long key name
 
 
 class Responder:
@@ -50,6 +52,8 @@ class Responder:
         self.malformed = 0
         # Set by the server when zone transfers are configured (dns/xfr_out).
         self.transfers: Transfers | None = None
+        # TSIG keys (config [[tsig_keys]]); none: every signed query gets BADKEY.
+        self.signer = Signer(())
 
     @property
     def static(self) -> StaticZones:
@@ -105,6 +109,8 @@ class Responder:
                 return None
             self.rcodes[bad.reply[3] & 0xF] += 1
             return bad.reply
+        if query.signed:
+            return self._signed(data, query, tcp)
         reply = answer(
             Question(query.qname, query.qtype, query.qclass, tcp),
             self.registry,
@@ -136,6 +142,25 @@ class Responder:
                     ),
                 )
         return wire
+
+    def _signed(self, data: bytes, query: Query, tcp: bool) -> bytes | None:
+        """A TSIG-signed query (RFC 8945): verified, answered uncached, the reply signed."""
+        try:
+            signed = self.signer.verify(data)
+        except Malformed as bad:
+            self.rcodes[Rcode.NOTAUTH] += 1
+            return bad.reply
+        reply = answer(
+            Question(query.qname, query.qtype, query.qclass, tcp),
+            self.registry,
+            self._static,
+            self.settings,
+            self.rng,
+        )
+        # Leave room for the TSIG record the signature adds (name, algorithm, MAC).
+        wire = encode_reply(query, reply, size_limit(query, tcp) - TSIG_ROOM)
+        self.rcodes[wire[3] & 0xF] += 1
+        return self.signer.sign(signed, [wire])[0]
 
     def _stamp(self, scope: str) -> int:
         registry = self.registry

@@ -24,6 +24,7 @@ from dnsreg.core.names import Name
 from dnsreg.dns.answers import Kind, Reply
 from dnsreg.dns.records import AXFR, IXFR, Record, SOAData, Writer
 from dnsreg.dns.transfer import Journal, serial_lt
+from dnsreg.dns.tsig import Signed, Signer
 from dnsreg.dns.wire import (
     AA,
     HEADER,
@@ -42,9 +43,6 @@ from dnsreg.dns.zones import StaticZones
 MESSAGE_LIMIT = 16_000
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
-# (query bytes, decoded query) → True when the query is signed with a key that may
-# transfer; raises Malformed with the reply (NOTAUTH) when the signature is bad.
-SignedCheck = Callable[[bytes, Query], bool]
 
 
 def parse_networks(texts: Sequence[str]) -> tuple[Network, ...]:
@@ -58,13 +56,13 @@ class Transfers:
         static: Callable[[], StaticZones],
         allow: Sequence[Network] = (),
         *,
-        signed: SignedCheck | None = None,
+        signer: Signer | None = None,
         message_limit: int = MESSAGE_LIMIT,
     ) -> None:
         self.journal = journal
         self.static = static
         self.allow = tuple(allow)
-        self.signed = signed
+        self.signer = signer
         self.message_limit = message_limit
         self.refused = 0
         self.served = {"axfr": 0, "ixfr": 0, "ixfr-as-axfr": 0, "up-to-date": 0}
@@ -90,19 +88,29 @@ class Transfers:
             return None  # the normal path knows every error reply
         if query.qtype not in (AXFR, IXFR):
             return None
+        signed: Signed | None = None
+        if query.signed:
+            if self.signer is None:
+                return None  # the normal path answers NOTAUTH/BADKEY
+            try:
+                signed = self.signer.verify(data)
+            except Malformed as bad:
+                self.refused += 1
+                return [bad.reply] if bad.reply is not None else None
+        # RFC 8945 §5.3: a signed request gets signed replies, refusals included.
+        by_key = signed is not None and signed.key.authorize("transfer", None)
+        messages = self._messages(data, query, by_key or self.allowed(peer))
+        if signed is not None and self.signer is not None:
+            return self.signer.sign(signed, messages)
+        return messages
+
+    def _messages(self, data: bytes, query: Query, allowed: bool) -> list[bytes]:
         limit = TCP_LIMIT
         if query.qname != self.origin:
             # We transfer the dynamic zone only (static zones are files: copy them).
             self.refused += 1
             return [encode_reply(query, Reply(Kind.REFUSED, authoritative=False), limit)]
-        by_key = False
-        if query.signed and self.signed is not None:
-            try:
-                by_key = self.signed(data, query)
-            except Malformed as bad:
-                self.refused += 1
-                return [bad.reply] if bad.reply is not None else None
-        if not (by_key or self.allowed(peer)):
+        if not allowed:
             self.refused += 1
             return [encode_reply(query, Reply(Kind.REFUSED, authoritative=False), limit)]
         journal = self.journal
