@@ -7,8 +7,8 @@ dnspython does the cryptography and the time-fudge check (``dns.tsig``,
 
 A key's ``services`` and ``rights`` are those of an ACL token (SPEC §7):
 ``write`` for updates, ``transfer`` for zone transfers, ``operator`` for all.
-:meth:`TsigKey.authorize` is the one place a key's rights are checked; when
-the shared ``dnsreg.core.acl.authorize`` lands it becomes a call to it.
+:meth:`TsigKey.authorize` hands the decision to the one authorisation
+function, ``dnsreg.core.acl.authorize``.
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ import struct
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from fnmatch import fnmatchcase
 from typing import Any
 
 import dns.exception
@@ -32,11 +31,13 @@ import dns.rdtypes.ANY.TSIG
 import dns.rrset
 import dns.tsig
 
-from dnsreg.core.errors import ConfigError
+from dnsreg.core import acl
+from dnsreg.core.acl import Principal, Right
+from dnsreg.core.errors import ConfigError, DnsregError
 from dnsreg.dns.wire import Malformed
 
 ALGORITHMS = {"hmac-sha256": dns.tsig.HMAC_SHA256, "hmac-sha512": dns.tsig.HMAC_SHA512}
-RIGHTS = frozenset({"read", "write", "transfer", "operator"})
+RIGHTS = frozenset(r.value for r in Right)
 FUDGE = 300  # seconds of clock skew accepted (RFC 8945 §10 recommends 300)
 _KEYS = ("name", "algorithm", "secret", "services", "rights")
 
@@ -50,12 +51,17 @@ class TsigKey:
     rights: frozenset[str] = frozenset()
 
     def authorize(self, right: str, service: str | None) -> bool:
-        """May this key do ``right`` (on ``service``; None: the whole zone)?"""
-        if "operator" in self.rights:
-            return True
-        if right not in self.rights:
+        """May this key do ``right`` (on ``service``; None: the whole zone)?
+
+        The key acts as a token would: the decision is the one authorisation
+        function's (``dnsreg.core.acl.authorize``, SPEC §7).
+        """
+        principal = Principal(self.name, frozenset(Right(r) for r in self.rights), self.services)
+        try:
+            acl.authorize(principal, Right(right), service)
+        except DnsregError:
             return False
-        return service is None or any(fnmatchcase(service, g) for g in self.services)
+        return True
 
     def dns_key(self) -> dns.tsig.Key:
         return dns.tsig.Key(self.name, self.secret, ALGORITHMS[self.algorithm])
