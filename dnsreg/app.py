@@ -23,12 +23,16 @@ from dnsreg.core.acl import Right
 from dnsreg.core.errors import ConfigError, ZoneError
 from dnsreg.core.names import to_text
 from dnsreg.core.preservation import ExpiryGuard
-from dnsreg.core.registry import Registry
+from dnsreg.core.registry import Change, Registry
 from dnsreg.dns.answers import Settings
 from dnsreg.dns.explain import explain, parse_question
 from dnsreg.dns.metrics import ResponderCollector
+from dnsreg.dns.notify import Notifier, Secondary
 from dnsreg.dns.responder import Responder
 from dnsreg.dns.server import DnsServer
+from dnsreg.dns.transfer import Journal
+from dnsreg.dns.tsig import Signer
+from dnsreg.dns.xfr_out import Transfers, parse_networks
 from dnsreg.dns.zones import StaticZones, load_zones
 from dnsreg.health.checker import Checker, PanicWatch
 from dnsreg.health.metrics import HealthCollector
@@ -65,6 +69,8 @@ class Server:
         self.api: Api | None = None
         self.auth: Auth | None = None
         self.http_limiter: ConnectionLimiter | None = None
+        self.notifier: Notifier | None = None
+        self._zone_changed: Callable[[], None] | None = None
         self.dns_port = 0
         self.http_port = 0
         self.tls: ssl.SSLContext | None = None
@@ -117,10 +123,12 @@ class Server:
             # A shared store cut off from its backend marks answers stale (RFC 8914).
             self.responder.stale = self.store.stale
             self.store.subscribe_stale(self._set_stale)
+            self._start_transfers(settings)
             self.dns = DnsServer(
                 self.responder.respond,
                 idle_timeout=cfg.tcp_idle_timeout,
                 max_connections=cfg.tcp_max_connections,
+                stream_handler=self.responder.respond_tcp,
             )
             self.dns_port = await self.dns.start(cfg.dns.host, cfg.dns.port)
             # 4. HTTP.
@@ -196,6 +204,9 @@ class Server:
         if self.dns is not None:
             await self.dns.close()
             self.dns = None
+        if self.notifier is not None:
+            await self.notifier.close()
+            self.notifier = None
         if self.checker is not None:
             await self.checker.close()
             self.checker = None
@@ -206,6 +217,40 @@ class Server:
             self.data_lock.release()
             self.data_lock = None
         self._stopped.set()
+
+    def _start_transfers(self, settings: Settings) -> None:
+        """AXFR/IXFR out and NOTIFY (SPEC §2), when the config asks for them."""
+        cfg = self.config
+        responder, store = self.responder, self.store
+        if responder is None or store is None:
+            return
+        responder.signer = Signer(cfg.tsig_keys, clock=self.clock)
+        by_key = any(k.rights & {"transfer", "operator"} for k in cfg.tsig_keys)
+        if not (cfg.allow_transfer or cfg.notify or by_key):
+            return
+        journal = Journal(self.registry, settings, self.static, limit=cfg.ixfr_journal)
+        allow = parse_networks(cfg.allow_transfer)
+        responder.transfers = Transfers(
+            journal, lambda: responder.static, allow, signer=responder.signer
+        )
+        if cfg.notify:
+            secondaries = [Secondary(hp.host, hp.port) for hp in cfg.notify]
+            key = next((k.dns_key() for k in cfg.tsig_keys if k.name == cfg.notify_key), None)
+            self.notifier = Notifier(origin=cfg.origin, secondaries=secondaries, key=key,
+                                     soa_text=lambda: journal.soa.rdata.text())  # fmt: skip
+        notifier = self.notifier
+
+        def changed(change: Change | None = None) -> None:
+            if change is not None:
+                journal.touch(change.service, change.id)
+            journal.observe(responder.static)  # one journal entry per change
+            if notifier is not None:
+                notifier.changed()
+
+        store.subscribe(changed)
+        self._zone_changed = changed
+        if notifier is not None:
+            notifier.start()
 
     def _set_stale(self, stale: bool) -> None:
         if self.responder is not None:
@@ -286,6 +331,8 @@ class Server:
         self.static = zones
         if self.responder is not None:
             self.responder.static = zones
+        if self._zone_changed is not None:
+            self._zone_changed()  # secondaries fetch the new static names
         log.info("zones reloaded: %s", ", ".join(sorted(to_text(z) for z in zones.zones)) or "none")
         return True
 

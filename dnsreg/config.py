@@ -13,6 +13,7 @@ from typing import Any
 from dnsreg.core.durations import parse_duration
 from dnsreg.core.errors import ConfigError, InvalidInput
 from dnsreg.core.names import check_label, parse_name
+from dnsreg.dns.tsig import TsigKey, parse_keys
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +74,12 @@ class Config:
     acl_file: Path | None = None  # tokens (SPEC §7); without it writes are loopback-only
     acl_reads: str = "open"  # "open" or "token": GETs need a token with read
     insecure_open_api: bool = False  # allow ACL-less writes on a non-loopback address
+    # Zone transfers and NOTIFY (SPEC §2, dns/xfr_out, dns/notify).
+    allow_transfer: tuple[str, ...] = ()  # CIDR strings of the secondaries
+    notify: tuple[HostPort, ...] = ()  # secondaries to NOTIFY after a change
+    ixfr_journal: int = 1000  # revisions of differences kept for IXFR
+    tsig_keys: tuple[TsigKey, ...] = ()  # [[tsig_keys]] tables (RFC 8945, dns/tsig)
+    notify_key: str = ""  # the tsig key NOTIFYs are signed with ("": unsigned)
 
     @property
     def descriptor_reserve(self) -> int:
@@ -128,6 +135,26 @@ def _coerce(name: str, value: Any) -> Any:
             if isinstance(value, str):
                 return tuple(v.strip() for v in value.split(",") if v.strip())
             return tuple(str(v) for v in value)
+        if name in ("allow_transfer", "notify"):
+            items = value.split(",") if isinstance(value, str) else list(value)
+            texts = [str(v).strip() for v in items if str(v).strip()]
+            if name == "notify":
+                return tuple(HostPort.parse(t, field="notify") for t in texts)
+            for text in texts:
+                ipaddress.ip_network(text, strict=False)  # ValueError: reported below
+            return tuple(texts)
+        if name == "tsig_keys":
+            if isinstance(value, str):
+                raise ConfigError("tsig_keys: only in the config file, as [[tsig_keys]] tables")
+            return value if isinstance(value, tuple) else parse_keys(value)
+        if name == "notify_key":
+            text = str(value).strip()
+            return text and (text.rstrip(".") + ".").lower()
+        if name == "ixfr_journal":
+            journal = int(value)
+            if journal < 1:
+                raise ConfigError("ixfr_journal: must be at least 1")
+            return journal
         if name in ("events_buffer", "events_keepalive"):
             number = int(value) if name == "events_buffer" else float(value)
             if not number > 0:
@@ -224,4 +251,7 @@ def load_config(
         for name, value in layer.items():
             if name in _FIELDS:
                 merged[name] = _coerce(name, value)
-    return replace(Config(), **merged)
+    config = replace(Config(), **merged)
+    if config.notify_key and not any(k.name == config.notify_key for k in config.tsig_keys):
+        raise ConfigError(f"notify_key: no [[tsig_keys]] entry is named {config.notify_key!r}")
+    return config

@@ -68,3 +68,26 @@ def test_a_bad_file_is_refused_with_the_reason(tmp_path: Path, text: str, words:
 def test_a_missing_config_file_is_named(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"nope\.toml"):
         load_config({"config": str(tmp_path / "nope.toml")}, env={})
+
+
+def test_transfer_keys_parse_and_bad_ones_are_refused(tmp_path: Path) -> None:
+    path = tmp_path / "dnsreg.toml"
+    path.write_text(
+        'allow_transfer = ["127.0.0.1/32", "10.0.0.0/8"]\nnotify = ["127.0.0.1:5353"]\n'
+        "ixfr_journal = 50\n"
+    )
+    config = load_config({"config": str(path)}, env={})
+    assert config.allow_transfer == ("127.0.0.1/32", "10.0.0.0/8")
+    assert config.notify == (HostPort("127.0.0.1", 5353),)
+    assert config.ixfr_journal == 50
+    env = {"DNSREG_ALLOW_TRANSFER": "192.0.2.0/24, ::1/128", "DNSREG_NOTIFY": "[::1]:53"}
+    config = load_config({}, env=env)
+    assert config.allow_transfer == ("192.0.2.0/24", "::1/128")
+    assert config.notify == (HostPort("::1", 53),)
+    for key, value in (
+        ("DNSREG_ALLOW_TRANSFER", "not-a-network"),
+        ("DNSREG_NOTIFY", "127.0.0.1"),
+        ("DNSREG_IXFR_JOURNAL", "0"),
+    ):
+        with pytest.raises(ConfigError, match=key.removeprefix("DNSREG_").lower()):
+            load_config({}, env={key: value})

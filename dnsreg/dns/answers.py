@@ -14,11 +14,12 @@ import ipaddress
 import math
 import random
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from dnsreg.core.model import Instance
 from dnsreg.core.names import Name, is_subdomain, relative
 from dnsreg.core.registry import Registry
+from dnsreg.dns import dnssd
 from dnsreg.dns.records import (
     AAAA,
     ANY,
@@ -125,10 +126,20 @@ def answer(
     """Build the reply to ``q``. Total: every question gets a reply kind."""
     if q.qclass not in (IN, ANY):
         return Reply(Kind.REFUSED, authoritative=False, scope=Scope.STATIC)
+    if q.qtype == IXFR and not q.tcp and q.name == settings.origin:
+        # RFC 1995 §2: an IXFR over UDP is answered with the current SOA alone; the
+        # client then transfers over TCP (dns/xfr_out), where access is checked.
+        return _Lookup(registry, static, settings, rng, q.tcp).resolve(q.name, SOA)
     if q.qtype in (AXFR, IXFR):
-        # Zone transfers are not offered (yet): RFC 5936 §2.2.1 allows REFUSED.
+        # Over TCP, transfers are dns/xfr_out's; reaching here means they are not
+        # configured, or AXFR over UDP (RFC 5936 §4.2): RFC 5936 §2.2.1 allows REFUSED.
         return Reply(Kind.REFUSED, authoritative=False, scope=Scope.STATIC)
-    return _Lookup(registry, static, settings, rng, q.tcp).resolve(q.name, q.qtype)
+    reply = _Lookup(registry, static, settings, rng, q.tcp).resolve(q.name, q.qtype)
+    if q.qclass == ANY and reply.authoritative:
+        # QCLASS * asks for every class (RFC 1035 §3.2.5); we are authoritative for
+        # class IN only, so the reply cannot claim to be complete: no AA bit.
+        return replace(reply, authoritative=False)
+    return reply
 
 
 class _Lookup:
@@ -169,15 +180,15 @@ class _Lookup:
         service = rel[-1]
         if reg.has_service(service):
             return self._service_node(service, rel[:-1], qname, qtype)
-        if len(rel) == 2 and rel[1] in ("_tcp", "_udp") and rel[0].startswith("_"):
-            service, proto = rel[0][1:], rel[1][1:]
-            pool = [i for i in reg.instances(service).values() if i.reg.proto == proto]
-            if pool:
-                return self._service_answer(service, pool, qname, qtype, types=(SRV,))
+        if rel[-1] in dnssd.PROTOS:
+            sd = dnssd.lookup(rel, reg, s.origin)
+            if sd is not None:
+                return self._dnssd(sd, qname, qtype)
         if len(rel) == 1 and rel[0] in ("_tcp", "_udp"):
             proto = rel[0][1:]
-            if any(i.reg.proto == proto for i in reg.all_instances()):
-                return self._negative(Kind.NODATA)  # empty non-terminal above _svc._proto
+            # Empty non-terminal above _svc._proto, and above _dns-sd._udp (RFC 6763 §9).
+            if proto == "udp" or any(i.reg.proto == proto for i in reg.all_instances()):
+                return self._negative(Kind.NODATA)
         zone = self.static.zones.get(s.origin)
         if zone is not None:
             return self._static(zone, qname, qtype, chain=0)
@@ -252,6 +263,25 @@ class _Lookup:
         if not b.answer:
             return self._negative(Kind.NODATA, ede=b.ede)
         return self._reply(Kind.ANSWER, b, scope=service)
+
+    def _dnssd(self, sd: dnssd.SdAnswer, qname: Name, qtype: int) -> Reply:
+        """A DNS-SD name (RFC 6763): PTR browsing, instance SRV/TXT (dns/dnssd)."""
+        if qtype == SRV and sd.srv_pool is not None:
+            # _<svc>._<proto> SRV (RFC 2782) keeps its weighted order.
+            service, pool = sd.srv_pool
+            return self._service_answer(service, pool, qname, qtype, types=(SRV,))
+        scope = Scope.STATIC if sd.fixed else sd.service or Scope.GLOBAL
+        b = _Builder()
+        b.ede.extend(
+            (EDE_OTHER, f"panic threshold: serving every live instance of {service}")
+            for service in sd.panic
+        )
+        chosen = self._any(sd.rrsets) if qtype == ANY else list(sd.rrsets.get(qtype, ()))
+        if not chosen:
+            return self._negative(Kind.NODATA, ede=b.ede)
+        b.answer.extend(chosen)
+        b.additional.extend(sd.additional)
+        return self._reply(Kind.ANSWER, b, scope=scope)
 
     def _instance_answer(self, service: str, instance: Instance, qname: Name, qtype: int) -> Reply:
         return self._service_answer(

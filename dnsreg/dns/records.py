@@ -18,6 +18,7 @@ A, NS, CNAME, SOA, PTR, HINFO, MX, TXT, AAAA, SRV, DNAME, OPT, ANY = (
     1, 2, 5, 6, 12, 13, 15, 16, 28, 33, 39, 41, 255,
 )  # fmt: skip
 AXFR, IXFR = 252, 251
+TSIG = 250  # RFC 8945
 IN = 1
 
 TYPE_NAMES = {A: "A", NS: "NS", CNAME: "CNAME", SOA: "SOA", PTR: "PTR", HINFO: "HINFO",

@@ -10,14 +10,21 @@ from __future__ import annotations
 
 import random
 from collections import Counter
+from typing import TYPE_CHECKING
 
 from dnsreg.core.registry import Registry
 from dnsreg.dns.answer_cache import VARIANTS, AnswerCache, Entry, cache_key, scope_stamp
 from dnsreg.dns.answers import Question, Reply, Scope, Settings, answer
-from dnsreg.dns.wire import Malformed, decode_query, encode_reply, size_limit
+from dnsreg.dns.records import AXFR, IXFR
+from dnsreg.dns.tsig import Signer
+from dnsreg.dns.wire import Malformed, Query, Rcode, decode_query, encode_reply, size_limit
 from dnsreg.dns.zones import StaticZones
 
+if TYPE_CHECKING:
+    from dnsreg.dns.xfr_out import Transfers
+
 EDE_STALE_ANSWER = 3  # RFC 8914 §4.4
+TSIG_ROOM = 160  # a TSIG RR with an HMAC-SHA512 MAC and a long key name
 
 
 class Responder:
@@ -43,6 +50,10 @@ class Responder:
         self.rcodes: Counter[int] = Counter()
         self.dropped = 0
         self.malformed = 0
+        # Set by the server when zone transfers are configured (dns/xfr_out).
+        self.transfers: Transfers | None = None
+        # TSIG keys (config [[tsig_keys]]); none: every signed query gets BADKEY.
+        self.signer = Signer(())
 
     @property
     def static(self) -> StaticZones:
@@ -54,6 +65,15 @@ class Responder:
         self._static = zones
         self.static_generation += 1
         self.cache.clear()
+
+    def respond_tcp(self, data: bytes, peer: str) -> bytes | list[bytes] | None:
+        """One TCP message: a zone transfer streams several replies (dns/xfr_out)."""
+        transfers = self.transfers
+        if transfers is not None and _maybe_transfer(data):
+            messages = transfers.tcp(data, peer)
+            if messages is not None:
+                return messages
+        return self.respond(data, tcp=True)
 
     def respond(self, data: bytes, *, tcp: bool) -> bytes | None:
         found = cache_key(data, tcp)
@@ -89,6 +109,8 @@ class Responder:
                 return None
             self.rcodes[bad.reply[3] & 0xF] += 1
             return bad.reply
+        if query.signed:
+            return self._signed(data, query, tcp)
         reply = answer(
             Question(query.qname, query.qtype, query.qclass, tcp),
             self.registry,
@@ -121,6 +143,25 @@ class Responder:
                 )
         return wire
 
+    def _signed(self, data: bytes, query: Query, tcp: bool) -> bytes | None:
+        """A TSIG-signed query (RFC 8945): verified, answered uncached, the reply signed."""
+        try:
+            signed = self.signer.verify(data)
+        except Malformed as bad:
+            self.rcodes[Rcode.NOTAUTH] += 1
+            return bad.reply
+        reply = answer(
+            Question(query.qname, query.qtype, query.qclass, tcp),
+            self.registry,
+            self._static,
+            self.settings,
+            self.rng,
+        )
+        # Leave room for the TSIG record the signature adds (name, algorithm, MAC).
+        wire = encode_reply(query, reply, size_limit(query, tcp) - TSIG_ROOM)
+        self.rcodes[wire[3] & 0xF] += 1
+        return self.signer.sign(signed, [wire])[0]
+
     def _stamp(self, scope: str) -> int:
         registry = self.registry
         return scope_stamp(
@@ -130,6 +171,21 @@ class Responder:
     def counts(self) -> dict[int, int]:
         """Responses sent by rcode, cache hits included (for metrics)."""
         return dict(self.rcodes + self.cache.hits_by_rcode())
+
+
+def _maybe_transfer(data: bytes) -> bool:
+    """A cheap look at QTYPE: AXFR or IXFR (the transfer code decodes fully)."""
+    zero = data.find(0, 12)
+    return (
+        zero > 0
+        and len(data) >= zero + 3
+        and data[zero + 1] == 0
+        and data[zero + 2]
+        in (
+            AXFR,
+            IXFR,
+        )
+    )
 
 
 def _mark_stale(reply: Reply) -> Reply:

@@ -19,6 +19,8 @@ from dnsreg.dns import udp_batch as mmsg
 log = logging.getLogger("dnsreg.dns")
 
 Handler = Callable[..., bytes | None]  # (data, *, tcp) -> reply or None
+# TCP: (data, peer address) -> one reply, several (a zone transfer), or None
+StreamHandler = Callable[[bytes, str], bytes | list[bytes] | None]
 
 UDP_DRAIN = 64  # datagrams per wake-up before yielding to other work
 MAX_DATAGRAM = 65535
@@ -106,6 +108,7 @@ class _TcpConnection(asyncio.Protocol):
         self.buffer = bytearray()
         self.idle: asyncio.TimerHandle | None = None
         self.paused = False
+        self.peer = ""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports do not subclass asyncio.Transport; they behave as one.
@@ -117,6 +120,8 @@ class _TcpConnection(asyncio.Protocol):
             transport.abort()
             return
         listener.connections.add(self)
+        peername = transport.get_extra_info("peername")
+        self.peer = str(peername[0]) if peername else ""
         self._arm()
 
     def _arm(self) -> None:
@@ -137,6 +142,7 @@ class _TcpConnection(asyncio.Protocol):
         buf = self.buffer
         buf += data
         handler = self.listener.handler
+        stream = self.listener.stream_handler
         out: list[bytes] = []
         pos = 0
         end = len(buf)
@@ -144,8 +150,13 @@ class _TcpConnection(asyncio.Protocol):
             length = (buf[pos] << 8) | buf[pos + 1]
             if end - pos - 2 < length:
                 break  # the rest of this message has not arrived yet
+            reply: bytes | list[bytes] | None
             try:
-                reply = handler(bytes(buf[pos + 2 : pos + 2 + length]), tcp=True)
+                message = bytes(buf[pos + 2 : pos + 2 + length])
+                if stream is not None:
+                    reply = stream(message, self.peer)
+                else:
+                    reply = handler(message, tcp=True)
             except Exception:
                 log.exception("unexpected error answering a TCP query; closing the connection")
                 reply = None
@@ -156,6 +167,11 @@ class _TcpConnection(asyncio.Protocol):
                     transport.write(b"".join(out))
                 transport.close()
                 return
+            if isinstance(reply, list):  # a zone transfer: several messages, in order
+                for part in reply:
+                    out.append(len(part).to_bytes(2, "big"))
+                    out.append(part)
+                continue
             out.append(len(reply).to_bytes(2, "big"))
             out.append(reply)
         del buf[:pos]
@@ -186,8 +202,16 @@ class _TcpConnection(asyncio.Protocol):
 class TcpListener:
     """DNS over TCP: length-prefixed messages, several per connection (RFC 7766)."""
 
-    def __init__(self, handler: Handler, *, idle_timeout: float, max_connections: int) -> None:
+    def __init__(
+        self,
+        handler: Handler,
+        *,
+        idle_timeout: float,
+        max_connections: int,
+        stream_handler: StreamHandler | None = None,
+    ) -> None:
         self.handler = handler
+        self.stream_handler = stream_handler
         self.idle_timeout = idle_timeout
         self.max_connections = max_connections
         self.server: asyncio.Server | None = None
@@ -229,9 +253,21 @@ class TcpListener:
 class DnsServer:
     """UDP and TCP on the same address and port."""
 
-    def __init__(self, handler: Handler, *, idle_timeout: float, max_connections: int) -> None:
+    def __init__(
+        self,
+        handler: Handler,
+        *,
+        idle_timeout: float,
+        max_connections: int,
+        stream_handler: StreamHandler | None = None,
+    ) -> None:
         self.udp = UdpListener(handler)
-        self.tcp = TcpListener(handler, idle_timeout=idle_timeout, max_connections=max_connections)
+        self.tcp = TcpListener(
+            handler,
+            idle_timeout=idle_timeout,
+            max_connections=max_connections,
+            stream_handler=stream_handler,
+        )
         self.port = 0
 
     async def start(self, host: str, port: int) -> int:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from dnsreg.core.names import MAX_NAME_OCTETS, Name
 from dnsreg.dns.answers import Kind, Reply
-from dnsreg.dns.records import OPT, Writer
+from dnsreg.dns.records import IXFR, OPT, SOA, TSIG, Writer
 
 HEADER = struct.Struct("!HHHHHH")
 QR = 0x8000
@@ -36,7 +36,14 @@ class Rcode(enum.IntEnum):
     NXDOMAIN = 3
     NOTIMP = 4
     REFUSED = 5
+    NOTAUTH = 9  # RFC 8945 §5.2: TSIG verification failed
     BADVERS = 16  # RFC 6891 §6.1.3: extended, upper 8 bits travel in the OPT TTL
+
+
+class Opcode(enum.IntEnum):
+    QUERY = 0
+    NOTIFY = 4  # RFC 1996
+    UPDATE = 5  # RFC 2136
 
 
 # The one place where an answer kind becomes an rcode.
@@ -65,6 +72,8 @@ class Query:
     qtype: int
     qclass: int
     edns: Edns | None
+    # The last additional record is a TSIG (RFC 8945 §5.1): the query leaves the cached path.
+    signed: bool = False
 
     @property
     def opcode(self) -> int:
@@ -128,7 +137,10 @@ def decode_query(data: bytes) -> Query:
     if flags & QR:
         raise Malformed(None, "a response, not a query")  # never answer answers (loops)
     opcode = (flags & OPCODE_MASK) >> 11
-    if opcode != 0:
+    if opcode == Opcode.NOTIFY:
+        # SPEC §2: we are the primary of our zones; a NOTIFY to us is refused.
+        raise Malformed(_error_reply(msg_id, flags, Rcode.REFUSED), "NOTIFY sent to a primary")
+    if opcode != Opcode.QUERY:
         raise Malformed(_error_reply(msg_id, flags, Rcode.NOTIMP), f"opcode {opcode}")
     formerr = _error_reply(msg_id, flags, Rcode.FORMERR)
     if qdcount != 1:
@@ -158,12 +170,24 @@ def decode_query(data: bytes) -> Query:
     pos += 4
     question = data[HEADER.size : pos]
     formerr = _error_reply(msg_id, flags, Rcode.FORMERR, question)
-    if ancount or nscount:
-        # A standard query carries nothing in these sections (RFC 1035 §4.1; NSD agrees).
+    if ancount or (nscount and not (qtype == IXFR and nscount == 1)):
+        # A standard query carries nothing in these sections (RFC 1035 §4.1; NSD agrees),
+        # except the client's SOA in an IXFR query's authority section (RFC 1995 §3).
         raise Malformed(formerr, "records in the answer or authority section of a query")
     edns: Edns | None = None
+    signed = False
     try:
-        for _ in range(arcount):
+        for _ in range(nscount):
+            pos = _skip_name(data, pos)
+            if pos + 10 > len(data):
+                raise ValueError("truncated record")
+            rtype, _, _, rdlen = struct.unpack_from("!HHIH", data, pos)
+            if rtype != SOA:
+                raise ValueError("an IXFR query's authority section holds the client's SOA")
+            pos += 10 + rdlen
+            if pos > len(data):
+                raise ValueError("record data runs past the end")
+        for index in range(arcount):
             owner_at = pos
             pos = _skip_name(data, pos)
             if pos + 10 > len(data):
@@ -178,6 +202,11 @@ def decode_query(data: bytes) -> Query:
                     raise ValueError("misplaced or repeated OPT")
                 _check_options(data[pos : pos + rdlen])
                 edns = Edns(version=(ttl >> 16) & 0xFF, udp_size=rclass, do=bool(ttl & 0x8000))
+            elif rtype == TSIG:
+                # RFC 8945 §5.1: the TSIG record is the last one; elsewhere it is FORMERR.
+                if index != arcount - 1:
+                    raise ValueError("TSIG is not the last record")
+                signed = True
             pos += rdlen
         if pos != len(data):
             raise ValueError("trailing bytes after the last record")
@@ -186,7 +215,7 @@ def decode_query(data: bytes) -> Query:
     if edns is not None and edns.version > 0:
         # RFC 6891 §6.1.3: answer BADVERS with the highest version we speak (0).
         raise Malformed(_error_reply(msg_id, flags, Rcode.BADVERS, question, edns), "EDNS version")
-    return Query(msg_id, flags, question, tuple(labels), qtype, qclass, edns)
+    return Query(msg_id, flags, question, tuple(labels), qtype, qclass, edns, signed)
 
 
 def _check_options(rdata: bytes) -> None:

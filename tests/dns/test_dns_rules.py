@@ -154,9 +154,10 @@ async def test_empty_non_terminal_above_a_service_is_nodata(running: Running) ->
     assert msg.rcode() == dns.rcode.NOERROR  # NODATA, never NXDOMAIN
     assert msg.answer == []
     soa_of(msg)
-    # Nothing registered with proto udp: that one does not exist.
+    # Nothing registered with proto udp, but _dns-sd._udp (RFC 6763 §9) lies below it.
     msg = await running.query("_udp.service.local", "SRV")
-    assert msg.rcode() == dns.rcode.NXDOMAIN
+    assert msg.rcode() == dns.rcode.NOERROR
+    assert msg.answer == []
     soa_of(msg)
     # And the name below it answers.
     msg = await running.query("_web._tcp.service.local", "SRV")
@@ -409,15 +410,19 @@ async def test_too_short_for_a_header_gets_nothing(running: Running) -> None:
         assert await udp_raw(running.dns_port, packet) is None
 
 
-@pytest.mark.parametrize("opcode", [1, 2, 4, 5, 15])
-async def test_other_opcodes_are_notimp(running: Running, opcode: int) -> None:
+@pytest.mark.parametrize(
+    ("opcode", "rcode"),
+    # SPEC §2: other opcodes NOTIMP; a NOTIFY to the primary is REFUSED.
+    [(1, dns.rcode.NOTIMP), (2, dns.rcode.NOTIMP), (15, dns.rcode.NOTIMP), (4, dns.rcode.REFUSED)],
+)
+async def test_other_opcodes_are_notimp(running: Running, opcode: int, rcode: int) -> None:
     packet = query_wire("web.service.local", flags=RD | (opcode << 11))
     raw = await udp_raw(running.dns_port, packet)
     assert raw is not None
     flags = header_flags(raw)
     assert flags & QR
     assert (flags >> 11) & 0xF == opcode
-    assert flags & 0xF == dns.rcode.NOTIMP
+    assert flags & 0xF == rcode
 
 
 async def test_responses_are_never_answered(running: Running) -> None:
@@ -461,11 +466,17 @@ async def test_names_outside_our_zones_are_refused(running: Running) -> None:
 
 @pytest.mark.parametrize("rdtype", ["AXFR", "IXFR"])
 async def test_zone_transfers_are_refused(running: Running, rdtype: str) -> None:
+    # No allow_transfer configured (transfers themselves: tests/dns/test_transfer_live.py).
     await running.register("web", "web-1")
     for tcp in (False, True):
         raw = await (tcp_raw if tcp else udp_raw)(
             running.dns_port, query_wire("service.local", rdtype)
         )
         assert raw is not None
+        if rdtype == "IXFR" and not tcp:
+            # RFC 1995 §2: over UDP, the current SOA (public anyway) and nothing else.
+            assert header_flags(raw) & 0xF == dns.rcode.NOERROR
+            assert struct.unpack_from("!H", raw, 6)[0] == 1, "the SOA alone"
+            continue
         assert header_flags(raw) & 0xF == dns.rcode.REFUSED
         assert struct.unpack_from("!H", raw, 6)[0] == 0, "no records"

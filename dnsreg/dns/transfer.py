@@ -1,0 +1,253 @@
+"""The dynamic zone as a transferable whole: snapshots, an IXFR journal, serials. Pure.
+
+A snapshot holds exactly what DNS serves at one registry revision: every name
+of the dynamic zone is asked of the one answer builder (``answers.answer``,
+QTYPE ANY over TCP, so every RRset at the name comes back) and its answer
+records are kept. Static names of the dynamic zone come along, delegations
+with their NS and glue. The SOA serial is the revision (mod 2^32).
+
+The zone is kept in parts: one per service (the names under ``<svc>.Z`` and
+its DNS-SD names) and one for the rest (apex, ``ns.Z``, static names,
+``_services._dns-sd._udp.Z``). :meth:`Journal.observe` recomputes only the
+parts whose revision moved, so a change to one service costs that service,
+and records the difference as one journal entry (RFC 1995 §4 "incremental
+transfer" data). The journal keeps ``limit`` revisions; an IXFR from further
+back falls back to a full transfer.
+
+Not transferred: tag *intersections* (``<t2>.<t1>.<svc>.Z``), which DNS
+computes for any combination asked; each single tag's name is transferred.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import deque
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, replace
+
+from dnsreg.core.names import Name, is_subdomain
+from dnsreg.core.registry import Registry
+from dnsreg.dns.answers import Kind, Question, Settings, answer
+from dnsreg.dns.dnssd import SERVICES, SUB, type_name
+from dnsreg.dns.records import AAAA, ANY, IN, NS, SOA, A, Record, SOAData
+from dnsreg.dns.zones import StaticZones
+
+SERIAL_MOD = 2**32
+_HALF = 2**31
+_REST = "\0rest"  # the part that is not one service's
+
+
+def serial_of(revision: int) -> int:
+    return revision % SERIAL_MOD
+
+
+def serial_lt(a: int, b: int) -> bool:
+    """RFC 1982 §3.2: ``a`` < ``b`` in 32-bit serial number arithmetic.
+
+    Defined when the two differ by less than 2^31 either way; exactly 2^31
+    apart the comparison is undefined and we answer False (not older).
+    """
+    return a != b and ((a < b and b - a < _HALF) or (a > b and a - b > _HALF))
+
+
+@dataclass(frozen=True, slots=True)
+class Diff:
+    """From one journaled revision to the next: RFC 1995 §4's deleted and added RRs."""
+
+    from_revision: int
+    to_revision: int
+    deleted: tuple[Record, ...]
+    added: tuple[Record, ...]
+
+
+class Journal:
+    """The current zone, by part and name, and the differences of the last ``limit`` revisions."""
+
+    def __init__(
+        self,
+        registry: Registry,
+        settings: Settings,
+        static: StaticZones,
+        *,
+        limit: int = 1000,
+    ) -> None:
+        self.registry = registry
+        self.settings = settings
+        self.static = static
+        self.limit = limit
+        self.revision = registry.revision
+        self._static_seen = static
+        self._rng = random.Random(0)  # orders only; a snapshot is a set
+        self._part_revision: dict[str, int] = {}
+        self._panic: dict[str, bool] = {}
+        # part → name → the records DNS serves there.
+        self._nodes: dict[str, dict[Name, frozenset[Record]]] = {}
+        # service → instance id → the names of that instance alone.
+        self._own: dict[str, dict[str, tuple[Name, ...]]] = {}
+        # Instances known to have changed since the last observe (None: the whole service).
+        self._touched: dict[str, set[str] | None] = {}
+        self.soa = self._current_soa()
+        self.diffs: deque[Diff] = deque()
+        self._refresh()
+
+    # ------------------------------------------------------------- reading
+    def records(self) -> Iterator[Record]:
+        """Every record of the zone but the SOA, at :attr:`revision`."""
+        for nodes in self._nodes.values():
+            for records in nodes.values():
+                yield from records
+
+    def soa_at(self, revision: int) -> Record:
+        assert isinstance(self.soa.rdata, SOAData)
+        return replace(self.soa, rdata=replace(self.soa.rdata, serial=serial_of(revision)))
+
+    def since(self, serial: int) -> list[Diff] | None:
+        """The differences from ``serial`` to now; None: not in the journal (send AXFR)."""
+        for index, diff in enumerate(self.diffs):
+            if serial_of(diff.from_revision) == serial:
+                return list(self.diffs)[index:]
+        return None
+
+    # ------------------------------------------------------------- writing
+    def touch(self, service: str, instance_id: str) -> None:
+        """Say which instance a change was about: only its names and the service's
+        shared names are asked again (a change costs its service's shared names)."""
+        ids = self._touched.setdefault(service, set())
+        if ids is not None:
+            ids.add(instance_id)
+
+    def observe(self, static: StaticZones | None = None) -> None:
+        """Catch up with the registry (and new zone files): one journal entry if it moved."""
+        if static is not None:
+            self.static = static
+        registry = self.registry
+        if registry.revision == self.revision and self.static is self._static_seen:
+            return
+        deleted, added = self._refresh()
+        if registry.revision != self.revision:
+            self.diffs.append(Diff(self.revision, registry.revision, deleted, added))
+            self.revision = registry.revision
+            self.soa = self._current_soa()
+            # ixfr_journal counts revisions (SPEC §2): drop entries starting further back.
+            while self.diffs and self.revision - self.diffs[0].from_revision > self.limit:
+                self.diffs.popleft()
+        else:
+            # New zone files without a registry change: the serial cannot move, so a
+            # secondary that is already at this serial must fetch the whole zone.
+            self.diffs.clear()
+
+    def _refresh(self) -> tuple[tuple[Record, ...], tuple[Record, ...]]:
+        registry = self.registry
+        deleted: set[Record] = set()
+        added: set[Record] = set()
+        touched, self._touched = self._touched, {}
+
+        def update(part: str, names: Iterable[Name], keep: set[Name] | None = None) -> None:
+            """Ask ``names`` again; with ``keep``, every other name of the part goes."""
+            nodes = self._nodes.setdefault(part, {})
+            for name in names:
+                new = frozenset(self._collect(name))
+                old = nodes.get(name, frozenset())
+                deleted.update(old - new)
+                added.update(new - old)
+                if new:
+                    nodes[name] = new
+                else:
+                    nodes.pop(name, None)
+            if keep is not None:
+                for name in [n for n in nodes if n not in keep]:
+                    deleted.update(nodes.pop(name))
+
+        live = set(registry.services())
+        for gone in [p for p in self._nodes if p != _REST and p not in live]:
+            for records in self._nodes.pop(gone).values():
+                deleted.update(records)
+            self._part_revision.pop(gone, None)
+            self._own.pop(gone, None)
+            self._panic.pop(gone, None)
+        for service in live:
+            if self._part_revision.get(service) == registry.service_revision(service):
+                continue
+            panic = registry.in_panic(service)
+            ids = touched.get(service)
+            if ids is None or self._panic.get(service) != panic:
+                ids = set(self._own.get(service, {})) | set(registry.instances(service))
+            own = self._own.setdefault(service, {})
+            for instance_id in ids:
+                old_names = own.pop(instance_id, ())
+                names = self._instance_names(service, instance_id)
+                if names:
+                    own[instance_id] = names
+                update(service, set(old_names) | set(names))
+            shared = list(self._shared_names(service))
+            keep = set(shared) | {n for names in own.values() for n in names}
+            update(service, shared, keep)
+            self._part_revision[service] = registry.service_revision(service)
+            self._panic[service] = panic
+        rest = list(self._rest_names())
+        update(_REST, rest, set(rest))
+        self._static_seen = self.static
+        return tuple(sorted(deleted, key=_order)), tuple(sorted(added, key=_order))
+
+    def _current_soa(self) -> Record:
+        """The apex SOA exactly as DNS answers it (serial = revision)."""
+        q = Question(self.settings.origin, SOA, IN, tcp=True)
+        reply = answer(q, self.registry, self.static, self.settings, self._rng)
+        return reply.answer[0]
+
+    # ------------------------------------------------------------- names
+    def _instance_names(self, service: str, instance_id: str) -> tuple[Name, ...]:
+        instance = self.registry.get(service, instance_id)
+        if instance is None:
+            return ()
+        origin = self.settings.origin
+        return (
+            (instance_id, service, *origin),
+            (instance_id, *type_name(service, instance.reg.proto, origin)),
+        )
+
+    def _shared_names(self, service: str) -> Iterator[Name]:
+        """Names drawn from several instances: the service, its tags, DNS-SD types."""
+        origin = self.settings.origin
+        instances = list(self.registry.instances(service).values())
+        yield (service, *origin)
+        for tag in sorted({t for i in instances for t in i.reg.tags}):
+            yield (tag, service, *origin)
+        for proto in sorted({i.reg.proto for i in instances}):
+            base = type_name(service, proto, origin)
+            yield base
+            members = [i for i in instances if i.reg.proto == proto]
+            for tag in sorted({t for i in members for t in i.reg.tags}):
+                yield (f"_{tag}", SUB, *base)
+
+    def _rest_names(self) -> Iterator[Name]:
+        origin = self.settings.origin
+        yield origin
+        yield self.settings.ns_name
+        yield (*SERVICES, *origin)
+        yield ("b", "_dns-sd", "_udp", *origin)
+        yield ("lb", "_dns-sd", "_udp", *origin)
+        zone = self.static.zones.get(origin)
+        if zone is not None:
+            yield from sorted(n for n in zone.nodes if n != origin)
+
+    def _collect(self, name: Name) -> Iterator[Record]:
+        """What DNS serves at ``name``: the builder's answer to ANY over TCP."""
+        q = Question(name, ANY, IN, tcp=True)
+        reply = answer(q, self.registry, self.static, self.settings, self._rng)
+        if reply.kind is Kind.ANSWER:
+            for record in reply.answer:
+                if record.owner == name and record.rtype != SOA:
+                    yield record
+        elif reply.kind is Kind.REFERRAL:
+            # A delegation inside the zone: its NS set and the glue below the cut.
+            for record in reply.authority:
+                if record.rtype == NS:
+                    yield record
+            for record in reply.additional:
+                if record.rtype in (A, AAAA) and is_subdomain(record.owner, self.settings.origin):
+                    yield record
+
+
+def _order(record: Record) -> tuple[tuple[str, ...], int, str]:
+    return (tuple(reversed(record.owner)), record.rtype, record.rdata.text())

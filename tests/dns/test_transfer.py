@@ -1,0 +1,149 @@
+"""The transfer journal and serial arithmetic (pure), and the NOTIFY sender over real UDP."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import time
+
+import dns.flags
+import dns.message
+import dns.opcode
+import dns.rdatatype
+import pytest
+
+from dnsreg.core.model import Registration
+from dnsreg.core.registry import Registry
+from dnsreg.dns.answers import Settings
+from dnsreg.dns.notify import Notifier, Secondary
+from dnsreg.dns.records import PTR, SRV, A
+from dnsreg.dns.transfer import Journal, serial_lt, serial_of
+from dnsreg.dns.zones import StaticZones
+from tests.helpers import async_wait_until
+
+ORIGIN = ("service", "local")
+
+
+def reg(service: str, iid: str, address: str = "10.0.0.5", **kw: object) -> Registration:
+    return Registration(service, iid, ipaddress.ip_address(address), 80, **kw)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "older"),
+    [
+        (1, 2, True),
+        (2, 1, False),
+        (5, 5, False),
+        (2**32 - 1, 0, True),  # RFC 1982 §3.2: across the wrap
+        (2**32 - 10, 5, True),
+        (5, 2**32 - 10, False),
+        (0, 2**31 - 1, True),
+        (0, 2**31, False),  # exactly half-way: undefined, never "older"
+        (2**31, 0, False),
+    ],
+)
+def test_serial_arithmetic_rfc1982(a: int, b: int, older: bool) -> None:
+    assert serial_lt(a, b) is older
+
+
+def test_serial_is_the_revision_mod_2_32() -> None:
+    assert serial_of(2**32 + 7) == 7
+
+
+def test_journal_keeps_per_revision_diffs_and_forgets_past_its_limit() -> None:
+    r = Registry()
+    j = Journal(r, Settings(origin=ORIGIN), StaticZones(), limit=3)
+    assert {rec.rtype for rec in j.records()} == {2, A, PTR}  # apex NS, ns.Z A, b/lb PTR
+    start = r.revision
+    r.register(reg("web", "web-1", tags=("canary",)), 0.0)
+    j.observe()
+    diff = j.since(serial_of(start))
+    assert diff is not None
+    assert len(diff) == 1
+    assert diff[0].deleted == ()
+    owners = {(".".join(rec.owner), rec.rtype) for rec in diff[0].added}
+    assert ("web.service.local", A) in owners
+    assert ("canary.web.service.local", SRV) in owners
+    assert ("_canary._sub._web._tcp.service.local", PTR) in owners
+    assert ("_services._dns-sd._udp.service.local", PTR) in owners
+    r.set_maintenance("web", "web-1", "deploy")
+    j.observe()
+    last = j.diffs[-1]
+    assert last.added == ()
+    assert {".".join(rec.owner) for rec in last.deleted} >= {
+        "web.service.local",
+        "web-1._web._tcp.service.local",
+        "_services._dns-sd._udp.service.local",
+    }
+    for n in range(2, 6):
+        r.register(reg("web", f"web-{n}"), 0.0)
+        j.observe()
+    assert j.since(serial_of(start)) is None  # beyond ixfr_journal: AXFR
+    assert j.since(serial_of(r.revision - 3)) is not None
+    assert j.soa.rdata.serial == serial_of(r.revision)  # type: ignore[union-attr]
+
+
+def test_journal_snapshot_equals_a_fresh_one_after_touch_driven_updates() -> None:
+    """Incremental upkeep (only touched instances asked again) ends where a full build does."""
+    r = Registry()
+    j = Journal(r, Settings(origin=ORIGIN), StaticZones())
+    steps = [
+        lambda: r.register(reg("web", "a", tags=("x",)), 0.0),
+        lambda: r.register(reg("web", "b", "10.0.0.6", tags=("x", "y")), 0.0),
+        lambda: r.register(reg("web", "b", "10.0.0.7", proto="udp"), 0.0),
+        lambda: r.deregister("web", "a"),
+        lambda: r.register(reg("db", "d", "fd00::1"), 0.0),
+    ]
+    for step in steps:
+        change = step()
+        j.touch(change.service, change.id)
+        j.observe()
+    fresh = Journal(r, Settings(origin=ORIGIN), StaticZones())
+    assert set(j.records()) == set(fresh.records())
+    assert not any(rec.owner[0] == "a" for rec in j.records())
+
+
+async def test_notify_is_coalesced_retried_and_acknowledged() -> None:
+    loop = asyncio.get_running_loop()
+    received: list[tuple[float, dns.message.Message]] = []
+    answer_from = 2  # ignore the first NOTIFY: the sender must retry
+
+    class Secondary_(asyncio.DatagramProtocol):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            self.transport = transport
+
+        def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+            msg = dns.message.from_wire(data)
+            received.append((time.monotonic(), msg))
+            if len(received) >= answer_from:
+                self.transport.sendto(dns.message.make_response(msg).to_wire(), addr)  # type: ignore[attr-defined]
+
+    transport, _ = await loop.create_datagram_endpoint(Secondary_, local_addr=("127.0.0.1", 0))
+    port = transport.get_extra_info("sockname")[1]
+    serial = [7]
+    soa = lambda: f"ns.service.local. hostmaster.service.local. {serial[0]} 3600 600 86400 5"  # noqa: E731
+    notifier = Notifier(ORIGIN, [Secondary("127.0.0.1", port)], soa)
+    try:
+        notifier.start()
+        await async_wait_until(lambda: notifier.acknowledged[Secondary("127.0.0.1", port)] >= 1)
+        assert len(received) == 2  # one lost, one retried
+        first = received[0][1]
+        assert first.opcode() == dns.opcode.NOTIFY
+        assert first.flags & dns.flags.AA
+        assert not first.flags & dns.flags.RD
+        assert first.question[0].rdtype == dns.rdatatype.SOA
+        assert first.answer[0][0].serial == 7
+        # A burst of changes: at most one NOTIFY per second, carrying the newest serial.
+        begin = time.monotonic()
+        for n in range(20):
+            serial[0] = 8 + n
+            notifier.changed()
+            await asyncio.sleep(0.01)
+        await async_wait_until(lambda: received[-1][1].answer[0][0].serial == 27)
+        late = [t for t, _ in received[2:]]
+        assert len(late) <= 2, late
+        assert all(b - a >= 0.95 for a, b in zip([received[1][0], *late], late, strict=False))
+        assert time.monotonic() - begin < 2.5
+    finally:
+        await notifier.close()
+        transport.close()
