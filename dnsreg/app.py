@@ -11,6 +11,7 @@ import gc
 import logging
 import random
 import signal
+import socket
 import ssl
 import time
 from collections.abc import Callable
@@ -21,10 +22,10 @@ from aiohttp import web
 from dnsreg.config import Config
 from dnsreg.core.acl import Right
 from dnsreg.core.errors import ConfigError, ZoneError
-from dnsreg.core.names import to_text
+from dnsreg.core.names import parse_name, to_text
 from dnsreg.core.preservation import ExpiryGuard
 from dnsreg.core.registry import Change, Registry
-from dnsreg.dns.answers import Settings
+from dnsreg.dns.answers import Settings, with_alt_domain
 from dnsreg.dns.explain import explain, parse_question
 from dnsreg.dns.metrics import ResponderCollector
 from dnsreg.dns.notify import Notifier, Secondary
@@ -39,6 +40,7 @@ from dnsreg.health.metrics import HealthCollector
 from dnsreg.http.api import Api
 from dnsreg.http.auth import Auth, AuthMode, decide_mode
 from dnsreg.http.backup import BackupRoute
+from dnsreg.http.consul import ConsulApi
 from dnsreg.http.limits import (
     ConnectionLimiter,
     LimitedSite,
@@ -119,6 +121,8 @@ class Server:
                 negative_ttl=cfg.negative_ttl,
                 max_answers=cfg.max_answers,
             )
+            if cfg.alt_domain is not None:
+                settings = with_alt_domain(settings, parse_name(cfg.alt_domain))
             self.responder = Responder(self.registry, self.static, settings)
             # A shared store cut off from its backend marks answers stale (RFC 8914).
             self.responder.stale = self.store.stale
@@ -148,6 +152,15 @@ class Server:
                 body_timeout=cfg.http_body_timeout,
             )
             self.api = api
+            # Consul's routes (SPEC §5) over the same registry, store and blocking layer.
+            ConsulApi(
+                self.registry,
+                self.store,
+                api.events,
+                node=socket.gethostname().split(".")[0] or "dnsreg",
+                address=str(cfg.advertised_addresses()[0]),
+                report_ttl=self.checker.report_ttl,
+            ).install(api.app.router)
             auth = self.auth
             BackupRoute(
                 self.store,

@@ -20,6 +20,10 @@ def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     p.add_argument("--dns", metavar="HOST:PORT", help="DNS address, UDP and TCP (127.0.0.1:8600)")
     p.add_argument("--http", metavar="HOST:PORT", help="HTTP API address (127.0.0.1:8500)")
     p.add_argument("--domain", help="the dynamic zone (service.local)")
+    p.add_argument(
+        "--alt-domain", dest="alt_domain", metavar="DOMAIN",
+        help="also answer Consul's names, <svc>.service.DOMAIN (off; 'consul')",
+    )  # fmt: skip
     p.add_argument("--zones", metavar="DIR", help="folder of *.zone files (./zones)")
     p.add_argument("--data-dir", dest="data_dir", metavar="DIR", help="state folder (./.dnsreg)")
     p.add_argument("--store", metavar="URL", help="sqlite (default) or etcd://host:port,.../prefix")

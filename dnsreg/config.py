@@ -38,6 +38,7 @@ class Config:
     dns: HostPort = HostPort("127.0.0.1", 8600)
     http: HostPort = HostPort("127.0.0.1", 8500)
     domain: str = "service.local"
+    alt_domain: str | None = None  # e.g. "consul": also answer <svc>.service.consul
     zones: Path = Path("zones")
     data_dir: Path = Path(".dnsreg")
     store: str = "sqlite"
@@ -199,10 +200,12 @@ def _coerce(name: str, value: Any) -> Any:
             if count < 1:
                 raise ConfigError(f"{name}: must be at least 1")
             return count
-        if name == "domain":
+        if name == "alt_domain" and value in (None, "", "off", False):
+            return None
+        if name in ("domain", "alt_domain"):
             text = str(value).strip().rstrip(".").lower()
             for label in text.split("."):
-                check_label(label, field="domain")
+                check_label(label, field=name)
             return text
         return str(value)
     except (ValueError, TypeError, InvalidInput) as exc:

@@ -13,6 +13,8 @@ from typing import Any, Literal
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 Protocol = Literal["tcp", "udp"]
+CheckKind = Literal["http", "tcp", "ttl"]
+CHECK_KINDS: tuple[CheckKind, ...] = ("http", "tcp", "ttl")
 
 DEFAULT_LEASE_TTL = 30.0
 MIN_LEASE_TTL = 1.0
@@ -41,18 +43,28 @@ _HEALTH_RANK = {Health.PASSING: 0, Health.WARNING: 1, Health.CRITICAL: 2}
 
 @dataclass(frozen=True, slots=True)
 class Check:
-    """One health check of an instance, as registered."""
+    """One health check of an instance, as registered.
 
-    kind: Literal["http", "tcp"]
+    ``http`` and ``tcp`` checks are probed by the server every ``interval``.
+    A ``ttl`` check is the other way round (Consul's TTL checks): the service
+    reports its own state, and the check turns critical when no report came
+    within ``interval`` seconds (its TTL); ``target`` then holds the TTL as the
+    client wrote it. ``id`` and ``name`` are the check's Consul ``CheckID`` and
+    ``Name`` when it was registered through the Consul API.
+    """
+
+    kind: CheckKind
     target: str
     interval: float = 10.0
     timeout: float = 2.0
     rise: int = 1
     fall: int = 2
     deregister_after: float | None = None
+    id: str | None = None
+    name: str | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             self.kind: self.target,
             "interval": self.interval,
             "timeout": self.timeout,
@@ -60,6 +72,11 @@ class Check:
             "fall": self.fall,
             "deregister_after": self.deregister_after,
         }
+        if self.id is not None:
+            out["id"] = self.id
+        if self.name is not None:
+            out["name"] = self.name
+        return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,7 +121,7 @@ class Registration:
         """Inverse of :meth:`to_json`, for rows the store wrote itself."""
         checks = []
         for c in data.get("checks", []):
-            kind: Literal["http", "tcp"] = "http" if "http" in c else "tcp"
+            kind = next(k for k in CHECK_KINDS if k in c)
             checks.append(
                 Check(
                     kind=kind,
@@ -114,6 +131,8 @@ class Registration:
                     rise=c["rise"],
                     fall=c["fall"],
                     deregister_after=c.get("deregister_after"),
+                    id=c.get("id"),
+                    name=c.get("name"),
                 )
             )
         return cls(

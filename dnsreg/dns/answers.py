@@ -101,10 +101,25 @@ class Settings:
     soa_expire: int = 86400
     hostmaster: str = "hostmaster"
     ns_label: str = "ns"
+    #: Consul's names (config ``alt_domain``): the same registry answered under a
+    #: second origin, ``service.<alt_domain>``, by the same lookup (see with_alt_domain).
+    alt: Settings | None = None
+    #: ``_<svc>._<tag>`` selects by tag, as Consul's RFC 2782 form does.
+    rfc2782_tags: bool = False
 
     @property
     def ns_name(self) -> Name:
         return (self.ns_label, *self.origin)
+
+
+def with_alt_domain(settings: Settings, alt_domain: Name) -> Settings:
+    """``settings`` that also answer ``[<tag>.]<svc>.service.<alt_domain>`` (Consul's names).
+
+    The alternative origin is ``service.<alt_domain>``: below it names mean what
+    they mean below the primary origin, and its apex has its own SOA and NS.
+    """
+    alt = replace(settings, origin=("service", *alt_domain), rfc2782_tags=True)
+    return replace(settings, alt=alt)
 
 
 @dataclass(slots=True)
@@ -134,6 +149,9 @@ def answer(
         # Over TCP, transfers are dns/xfr_out's; reaching here means they are not
         # configured, or AXFR over UDP (RFC 5936 §4.2): RFC 5936 §2.2.1 allows REFUSED.
         return Reply(Kind.REFUSED, authoritative=False, scope=Scope.STATIC)
+    alt = settings.alt
+    if alt is not None and is_subdomain(q.name, alt.origin):
+        settings = alt
     reply = _Lookup(registry, static, settings, rng, q.tcp).resolve(q.name, q.qtype)
     if q.qclass == ANY and reply.authoritative:
         # QCLASS * asks for every class (RFC 1035 §3.2.5); we are authoritative for
@@ -184,6 +202,11 @@ class _Lookup:
             sd = dnssd.lookup(rel, reg, s.origin)
             if sd is not None:
                 return self._dnssd(sd, qname, qtype)
+        if s.rfc2782_tags and len(rel) == 2 and rel[0][:1] == rel[1][:1] == "_":
+            # Consul's _<svc>._<tag>: any label other than _tcp/_udp is a tag.
+            pool = reg.tagged(rel[0][1:], (rel[1][1:],))
+            if pool:
+                return self._service_answer(rel[0][1:], pool, qname, qtype, types=(SRV,))
         if len(rel) == 1 and rel[0] in ("_tcp", "_udp"):
             proto = rel[0][1:]
             # Empty non-terminal above _svc._proto, and above _dns-sd._udp (RFC 6763 §9).

@@ -32,7 +32,7 @@ from collections.abc import Callable
 from typing import cast
 
 from dnsreg.core.durations import format_duration
-from dnsreg.core.errors import LOCAL_RESOURCE_ERRNOS, NotFound, Unavailable
+from dnsreg.core.errors import LOCAL_RESOURCE_ERRNOS, InvalidInput, NotFound, Unavailable
 from dnsreg.core.model import Check, Health, Instance
 from dnsreg.core.registry import Change, ChangeKind, Registry
 from dnsreg.core.targets import HttpTarget
@@ -46,6 +46,9 @@ from dnsreg.health.rules import (
     following_run,
     http_verdict,
     spread_offset,
+    ttl_expire,
+    ttl_expires_at,
+    ttl_report,
 )
 from dnsreg.store import Store
 
@@ -73,6 +76,8 @@ class Checker:
         self._slots = asyncio.Semaphore(concurrency)
         self._tasks: dict[Key, list[asyncio.Task[None]]] = {}
         self._closing = False
+        # TTL checks sleep on these between their deadlines; a report sets them.
+        self._reports: dict[Key, asyncio.Event] = {}
         # Plain counters, read by /metrics at scrape time.
         self.results: Counter[str] = Counter()
         self.in_flight = 0
@@ -112,6 +117,11 @@ class Checker:
             return
         key = (change.service, change.id)
         kind = change.kind
+        if kind is ChangeKind.HEALTH:
+            reported = self._reports.get(key)
+            if reported is not None:  # a TTL check's task counts its TTL anew
+                reported.set()
+            return
         if kind in (ChangeKind.DEREGISTERED, ChangeKind.EXPIRED):
             self._stop(key)
         elif kind is ChangeKind.REGISTERED and change.after is not None:
@@ -149,6 +159,7 @@ class Checker:
         ]
 
     def _stop(self, key: Key) -> None:
+        self._reports.pop(key, None)
         current = asyncio.current_task()
         for task in self._tasks.pop(key, ()):
             # A check that deregisters its own instance is the current task:
@@ -158,6 +169,9 @@ class Checker:
 
     # ---------------------------------------------------------------- one check
     async def _run(self, key: Key, index: int, check: Check, *, fresh: bool) -> None:
+        if check.kind == "ttl":
+            await self._run_ttl(key, index, check)
+            return
         loop = asyncio.get_running_loop()
         service, instance_id = key
         offset = spread_offset(f"{service}/{instance_id}/{index}", check.interval)
@@ -189,6 +203,54 @@ class Checker:
             except Exception:  # keep checking: the next run may well succeed
                 log.exception("check %s/%s[%d] failed to run", service, instance_id, index)
             at = following_run(at, loop.time(), check.interval, offset)
+
+    async def _run_ttl(self, key: Key, index: int, check: Check) -> None:
+        """A TTL check: nothing to probe; sleep until its TTL or ``deregister_after``
+        runs out, then look again (a report meanwhile moves the deadline on)."""
+        service, instance_id = key
+        while True:
+            instance = self.registry.get(service, instance_id)
+            if instance is None or index >= len(instance.checks):
+                return
+            if instance.reg.checks[index] != check:
+                return  # replaced: the new registration runs its own task
+            status = instance.checks[index]
+            now = self.clock()
+            expires = ttl_expires_at(check, status, instance.registered_at)
+            if expires is not None and expires <= now:
+                after = ttl_expire(check, status, now)
+                log.warning("check %s/%s[%d] %s", service, instance_id, index, after.output)
+                with contextlib.suppress(NotFound):
+                    await self.store.record_check(service, instance_id, index, after)
+                continue
+            remove_at = deregister_at(check, status)
+            if remove_at is not None and remove_at <= now:
+                await self._deregister(key, index, check)
+                return
+            due = [t for t in (expires, remove_at) if t is not None]
+            # Critical without deregister_after: only a report changes anything,
+            # and every report is a change _on_change passes on through this event.
+            woken = self._reports.setdefault(key, asyncio.Event())
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(min(due) - now if due else None):
+                    await woken.wait()
+            woken.clear()
+
+    async def report_ttl(
+        self, service: str, instance_id: str, index: int, health: Health, output: str
+    ) -> Instance:
+        """A service reports the state of its TTL check (Consul's check pass/warn/fail).
+
+        The report goes through the rules like a probe result and is stored like
+        one; the check's task wakes to count its TTL from now.
+        """
+        instance = self.registry.require(service, instance_id)
+        if index >= len(instance.reg.checks) or instance.reg.checks[index].kind != "ttl":
+            raise InvalidInput(f"check {index} of {service}/{instance_id} is not a TTL check")
+        check = instance.reg.checks[index]
+        after = ttl_report(check, instance.checks[index], health, output, self.clock())
+        await self.store.record_check(service, instance_id, index, after)
+        return self.registry.require(service, instance_id)
 
     async def probe(self, check: Check, target: HttpTarget | None = None) -> ProbeResult | None:
         """Run ``check`` once (waiting for a free slot first); never raises for the target's
@@ -348,6 +410,8 @@ class _HttpProbe(asyncio.Protocol):
 
 
 def _what(check: Check) -> str:
+    if check.kind == "ttl":
+        return f"TTL {check.target}"
     return f"HTTP GET {check.target}" if check.kind == "http" else f"TCP connect {check.target}"
 
 

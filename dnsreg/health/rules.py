@@ -3,6 +3,8 @@
 * :func:`apply_result`: one probe result moves a check's state, with the
   HAProxy-style ``rise``/``fall`` thresholds (consecutive results).
 * :func:`deregister_at`: when ``deregister_after`` removes an instance.
+* :func:`ttl_report` / :func:`ttl_expires_at` / :func:`ttl_expire`: TTL checks,
+  whose state the service reports and which turn critical when it stops.
 * :func:`spread_offset` / :func:`first_run` / :func:`next_run`: when a check
   runs, on a fixed per-check grid so a restart does not probe everything at once.
 
@@ -102,6 +104,61 @@ def deregister_at(check: Check, status: CheckStatus) -> float | None:
     if status.critical_since is None:
         return None  # "not run yet" is no evidence of anything
     return status.critical_since + check.deregister_after
+
+
+# ------------------------------------------------------------------ TTL checks
+def ttl_report(
+    check: Check, status: CheckStatus, health: Health, output: str, now: float
+) -> CheckStatus:
+    """A TTL check's status after the service reported ``health`` at ``now``.
+
+    A report is a result like a probe's, so ``rise``/``fall`` (Consul's
+    ``SuccessBeforePassing``/``FailuresBeforeCritical``) count reports the same
+    way; the TTL starts again from ``now`` (``last_run``).
+    """
+    return apply_result(check, status, ProbeResult(health, output, now, 0.0))
+
+
+def ttl_expires_at(check: Check, status: CheckStatus, registered_at: float) -> float | None:
+    """When the TTL check turns critical for want of a report, or None if nothing is due.
+
+    Counted from the last report, or from the registration when none came yet
+    (Consul starts a TTL check critical; with ``deregister_after`` the clock
+    must still start, or a service that never reports would never be removed).
+    Nothing is due once the latest finding is already critical.
+    """
+    if check.kind != "ttl" or status.last_result is Health.CRITICAL:
+        return None
+    since = status.last_run if status.last_run is not None else registered_at
+    return since + check.interval
+
+
+def ttl_expire(check: Check, status: CheckStatus, now: float) -> CheckStatus:
+    """The status of a TTL check whose TTL ran out at ``now``: critical at once.
+
+    The service failed to say anything, which is not a probe result to count
+    against ``fall``: Consul marks the check critical on the spot, and so do we.
+    """
+    ran_out = f"TTL expired: no update for {_seconds(check.interval)}"
+    critical_since = (
+        status.critical_since
+        if status.state is Health.CRITICAL and status.critical_since is not None
+        else now
+    )
+    output = f"{ran_out} (last: {status.output})" if status.last_run is not None else ran_out
+    return CheckStatus(
+        state=Health.CRITICAL,
+        output=truncate(output),
+        consecutive=1,
+        last_run=now,
+        last_duration=0.0,
+        critical_since=critical_since,
+        last_result=Health.CRITICAL,
+    )
+
+
+def _seconds(value: float) -> str:
+    return f"{int(value)}s" if value == int(value) else f"{value:g}s"
 
 
 # ------------------------------------------------------------------ scheduling

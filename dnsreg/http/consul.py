@@ -1,0 +1,512 @@
+"""The Consul-compatible HTTP subset (SPEC §5): Consul's routes and shapes over dnsreg's registry.
+
+Tools that speak Consul (py-consul, the npm ``consul`` client, Prometheus
+``consul_sd_configs``, consul-template, ...) use dnsreg unchanged through these
+routes. They translate; they hold nothing: every read is a view of the one
+registry and every write goes through the store like a native write.
+
+The mapping:
+
+* The whole dnsreg server is one synthetic Consul node (its name and advertised
+  address) in one datacenter; the "agent" and the "catalog" are the same registry.
+* A Consul service is an instance with no lease (``ttl`` 0). Consul's service
+  ``ID`` is the instance id and must be unique across services, as in Consul.
+* Checks: ``HTTP`` and ``TCP`` are run by the health checker; ``TTL`` checks are
+  reported by the service (``/v1/agent/check/pass|warn|fail|update``) and turn
+  critical when it stops. Maintenance shows as Consul's
+  ``_service_maintenance:<id>`` critical check.
+* Every GET is a blocking query (``?index=&wait=``, features/blocking.mdx) on
+  the registry revision, which is ``X-Consul-Index``.
+* Errors are plain text with the status of the one error table (``api.STATUS_FOR_ERROR``),
+  the way Consul answers; KV, sessions, the ACL API and Connect are 404s that say so.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
+
+import msgspec
+from aiohttp import web
+
+from dnsreg import __version__
+from dnsreg.core.durations import format_duration
+from dnsreg.core.errors import Conflict, DnsregError, InvalidInput, NotFound
+from dnsreg.core.model import Check, CheckStatus, Health, Instance
+from dnsreg.core.registry import Registry
+from dnsreg.http.api import STATUS_FOR_ERROR
+from dnsreg.http.consul_schema import (
+    STATUS_OF,
+    ConsulCheckUpdate,
+    ConsulService,
+    decode,
+    default_check_id,
+    to_registration,
+)
+from dnsreg.http.events import INDEX_HEADER, EventHub
+from dnsreg.store import Store
+
+log = logging.getLogger("dnsreg.consul")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+#: Records a TTL check report: (service, id, check index, health, output) → the instance.
+ReportTtl = Callable[[str, str, int, Health, str], Awaitable[Instance]]
+
+DATACENTER = "dc1"
+MAINTENANCE_CHECK = "_service_maintenance:"
+DEFAULT_MAINTENANCE_NOTE = (
+    "Maintenance mode is enabled for this service, but no reason was provided. "
+    "This is a default message."
+)
+#: Parts of Consul dnsreg does not offer, answered 404 with a sentence saying so.
+UNSUPPORTED = {
+    "/v1/kv": "the KV store",
+    "/v1/session": "sessions",
+    "/v1/acl": "the ACL API (dnsreg's tokens come from its acl_file)",
+    "/v1/connect": "Connect (service mesh)",
+    "/v1/agent/connect": "Connect (service mesh)",
+}
+_encoder = msgspec.json.Encoder()
+
+
+def _text(message: str, status: int) -> web.Response:
+    body = message + "\n" if message else ""
+    return web.Response(text=body, status=status, content_type="text/plain")
+
+
+class ConsulApi:
+    """Consul's agent, catalog, health and status routes over the registry and the store."""
+
+    def __init__(
+        self,
+        registry: Registry,
+        store: Store,
+        events: EventHub,
+        *,
+        node: str,
+        address: str,
+        report_ttl: ReportTtl,
+    ) -> None:
+        self.registry = registry
+        self.store = store
+        self.events = events
+        self.node = node
+        self.address = address
+        self.node_id = str(uuid.uuid5(uuid.NAMESPACE_DNS, f"{node}.dnsreg"))
+        self.report_ttl = report_ttl
+
+    def install(self, router: web.UrlDispatcher) -> None:
+        r = router
+        get, put = self._read, self._write
+        r.add_put("/v1/agent/service/register", put(self.register))
+        r.add_put("/v1/agent/service/deregister/{id}", put(self.deregister))
+        r.add_put("/v1/agent/service/maintenance/{id}", put(self.maintenance))
+        for status in ("pass", "warn", "fail"):
+            r.add_put(f"/v1/agent/check/{status}/{{check_id}}", put(self.check_status))
+        r.add_put("/v1/agent/check/update/{check_id}", put(self.check_update))
+        r.add_get("/v1/agent/services", get(self.agent_services))
+        r.add_get("/v1/agent/service/{id}", get(self.agent_service))
+        r.add_get("/v1/agent/checks", get(self.agent_checks))
+        r.add_get("/v1/agent/self", get(self.agent_self))
+        r.add_get("/v1/status/leader", get(self.leader))
+        r.add_get("/v1/status/peers", get(self.peers))
+        r.add_get("/v1/catalog/services", get(self.catalog_services))
+        r.add_get("/v1/catalog/service/{service}", get(self.catalog_service))
+        r.add_get("/v1/catalog/datacenters", get(self.datacenters))
+        r.add_get("/v1/health/service/{service}", get(self.health_service))
+        r.add_get("/v1/health/checks/{service}", get(self.health_checks))
+        r.add_get("/v1/health/state/{state}", get(self.health_state))
+        for prefix in UNSUPPORTED:
+            r.add_route("*", prefix + "{tail:(/.*)?}", self.unsupported)
+
+    # ------------------------------------------------------------- plumbing
+    def _read(self, handler: Handler) -> Handler:
+        """A GET: a blocking query when ``?index=N`` (N > 0) is given, with Consul's headers."""
+        blocking = self.events.blocking_middleware
+
+        async def read(request: web.Request) -> web.StreamResponse:
+            try:
+                self._check_query(request)
+                if request.query.get("index", "0") in ("", "0"):
+                    # Consul: index 0 (or none) answers at once (features/blocking.mdx).
+                    seen = self.events.log.head
+                    response = await handler(request)
+                    response.headers[INDEX_HEADER] = str(seen)
+                else:
+                    response = await blocking(request, handler)
+            except DnsregError as exc:
+                return self._error(exc)
+            # The revision the read saw (taken before it ran): a change it missed
+            # is never hidden behind a newer index.
+            response.headers["X-Consul-Index"] = response.headers[INDEX_HEADER]
+            response.headers["X-Consul-KnownLeader"] = "true"  # one node: always its own leader
+            response.headers["X-Consul-LastContact"] = "0"
+            return response
+
+        return read
+
+    def _write(self, handler: Handler) -> Handler:
+        async def write(request: web.Request) -> web.StreamResponse:
+            try:
+                self._check_query(request)
+                return await handler(request)
+            except DnsregError as exc:
+                return self._error(exc)
+
+        return write
+
+    def _check_query(self, request: web.Request) -> None:
+        dc = request.query.get("dc")
+        if dc and dc != DATACENTER:
+            raise InvalidInput(f"No path to datacenter {dc!r}: dnsreg is one node in {DATACENTER}")
+        if "filter" in request.query:
+            raise InvalidInput("?filter= expressions are not supported by dnsreg")
+
+    @staticmethod
+    def _error(exc: DnsregError) -> web.Response:
+        status = next((s for t, s in STATUS_FOR_ERROR.items() if isinstance(exc, t)), 500)
+        return _text(exc.message, status)
+
+    def _authorize(self, request: web.Request, right: str, service: str) -> None:
+        """The one authorisation call point of every Consul write.
+
+        Consul clients carry their token in ``X-Consul-Token`` or ``?token=``
+        (agent/index.mdx, "Authentication"). Until dnsreg's ACL tokens are in,
+        writes follow the native API's rule, which admits them.
+        """
+        token = request.headers.get("X-Consul-Token") or request.query.get("token")
+        log.debug("consul %s of %s (token given: %s)", right, service, token is not None)
+
+    @staticmethod
+    def _json(body: Any) -> web.Response:
+        return web.Response(body=_encoder.encode(body), content_type="application/json")
+
+    @staticmethod
+    async def _raw(request: web.Request) -> bytes:
+        return await request.read()
+
+    def _find(self, instance_id: str) -> Instance:
+        """The instance with Consul service ID ``instance_id`` (unique, as in Consul)."""
+        found = [i for i in self.registry.all_instances() if i.reg.id == instance_id]
+        if not found:
+            raise NotFound(
+                f'Unknown service ID "{instance_id}". Ensure that the service ID is passed, '
+                "not the service name."
+            )
+        if len(found) > 1:
+            services = ", ".join(sorted(i.reg.service for i in found))
+            raise Conflict(
+                f"service ID {instance_id!r} is registered under several services ({services}) "
+                "through dnsreg's native API; use that API for it"
+            )
+        return found[0]
+
+    def _find_check(self, check_id: str) -> tuple[Instance, int]:
+        for instance in self.registry.all_instances():
+            for index, check in enumerate(instance.reg.checks):
+                if _check_id(instance, index, check) == check_id:
+                    return instance, index
+        raise NotFound(
+            f'Unknown check ID "{check_id}". Ensure that the check ID is passed, '
+            "not the check name."
+        )
+
+    # ---------------------------------------------------------------- writes
+    async def register(self, request: web.Request) -> web.Response:
+        body: ConsulService = decode(await self._raw(request), ConsulService)
+        reg = to_registration(body, request.remote)
+        self._authorize(request, "write", reg.service)
+        # Consul's service IDs are unique per agent: registering an ID under another
+        # name moves it there, as re-registering does in Consul.
+        moved = [
+            i for i in self.registry.all_instances()
+            if i.reg.id == reg.id and i.reg.service != reg.service
+        ]  # fmt: skip
+        for old in moved:
+            self._authorize(request, "write", old.reg.service)
+        await self.store.register(reg)
+        for old in moved:
+            await self.store.deregister(old.reg.service, old.reg.id)
+        return _text("", 200)
+
+    async def deregister(self, request: web.Request) -> web.Response:
+        instance = self._find(request.match_info["id"])
+        self._authorize(request, "write", instance.reg.service)
+        await self.store.deregister(instance.reg.service, instance.reg.id)
+        return _text("", 200)
+
+    async def maintenance(self, request: web.Request) -> web.Response:
+        instance = self._find(request.match_info["id"])
+        enable = request.query.get("enable")
+        if enable is None:
+            raise InvalidInput("Missing value for enable")
+        if enable.lower() not in ("true", "false", "1", "0"):
+            raise InvalidInput(f"Invalid value for enable: {enable!r}")
+        self._authorize(request, "write", instance.reg.service)
+        reason = request.query.get("reason") or DEFAULT_MAINTENANCE_NOTE
+        on = enable.lower() in ("true", "1")
+        await self.store.set_maintenance(
+            instance.reg.service, instance.reg.id, reason if on else None
+        )
+        return _text("", 200)
+
+    async def check_status(self, request: web.Request) -> web.Response:
+        verb = request.path.split("/")[4]  # /v1/agent/check/<verb>/<id>
+        health = {"pass": Health.PASSING, "warn": Health.WARNING, "fail": Health.CRITICAL}[verb]
+        note = request.query.get("note", "")
+        return await self._report(request, health, note)
+
+    async def check_update(self, request: web.Request) -> web.Response:
+        body: ConsulCheckUpdate = decode(await self._raw(request), ConsulCheckUpdate)
+        return await self._report(request, STATUS_OF[body.status], body.output)
+
+    async def _report(self, request: web.Request, health: Health, output: str) -> web.Response:
+        check_id = request.match_info["check_id"]
+        instance, index = self._find_check(check_id)
+        if instance.reg.checks[index].kind != "ttl":
+            raise InvalidInput(f'CheckID "{check_id}" does not have associated TTL')
+        self._authorize(request, "write", instance.reg.service)
+        await self.report_ttl(instance.reg.service, instance.reg.id, index, health, output)
+        return _text("", 200)
+
+    # ----------------------------------------------------------------- reads
+    async def agent_services(self, request: web.Request) -> web.Response:
+        out = {i.reg.id: self._agent_service(i) for i in _sorted(self.registry.all_instances())}
+        return self._json(out)
+
+    async def agent_service(self, request: web.Request) -> web.Response:
+        return self._json(self._agent_service(self._find(request.match_info["id"])))
+
+    async def agent_checks(self, request: web.Request) -> web.Response:
+        out = {
+            c["CheckID"]: c for i in _sorted(self.registry.all_instances()) for c in self._checks(i)
+        }
+        return self._json(out)
+
+    async def agent_self(self, request: web.Request) -> web.Response:
+        port = _local_port(request)
+        return self._json(
+            {
+                "Config": {
+                    "Datacenter": DATACENTER,
+                    "PrimaryDatacenter": DATACENTER,
+                    "NodeName": self.node,
+                    "NodeID": self.node_id,
+                    "Server": True,
+                    "Revision": "dnsreg",
+                    "Version": __version__,
+                },
+                "Member": {
+                    "Name": self.node,
+                    "Addr": self.address,
+                    "Port": port,
+                    "Tags": {"dc": DATACENTER, "role": "consul", "id": self.node_id},
+                    "Status": 1,  # serf: alive
+                },
+                "Meta": {},
+            }
+        )
+
+    async def leader(self, request: web.Request) -> web.Response:
+        return self._json(f"{self.address}:{_local_port(request)}")
+
+    async def peers(self, request: web.Request) -> web.Response:
+        return self._json([f"{self.address}:{_local_port(request)}"])
+
+    async def datacenters(self, request: web.Request) -> web.Response:
+        return self._json([DATACENTER])
+
+    async def catalog_services(self, request: web.Request) -> web.Response:
+        out: dict[str, list[str]] = {}
+        for service in sorted(self.registry.services()):
+            tags: dict[str, None] = {}
+            for instance in _sorted(self.registry.instances(service).values()):
+                tags.update(dict.fromkeys(instance.reg.tags))
+            out[service] = list(tags)
+        return self._json(out)
+
+    async def catalog_service(self, request: web.Request) -> web.Response:
+        node = self._node()
+        out = []
+        for i in self._pool(request):
+            service = self._service(i)
+            entry: dict[str, Any] = {
+                "ID": node["ID"],
+                "Node": node["Node"],
+                "Address": node["Address"],
+                "Datacenter": DATACENTER,
+                "TaggedAddresses": node["TaggedAddresses"],
+                "NodeMeta": node["Meta"],
+                "ServiceKind": "",
+                **{f"Service{k}": v for k, v in service.items() if k not in _INDEXES},
+                "CreateIndex": service["CreateIndex"],
+                "ModifyIndex": service["ModifyIndex"],
+            }
+            out.append(entry)
+        return self._json(out)
+
+    async def health_service(self, request: web.Request) -> web.Response:
+        passing = _flag(request, "passing")
+        node = self._node()
+        out = []
+        for i in self._pool(request):
+            checks = self._checks(i)
+            if passing and any(c["Status"] != "passing" for c in checks):
+                continue  # Consul's ?passing: every check passing (warning is not)
+            out.append({"Node": node, "Service": self._service(i), "Checks": checks})
+        return self._json(out)
+
+    async def health_checks(self, request: web.Request) -> web.Response:
+        return self._json([c for i in self._pool(request) for c in self._checks(i)])
+
+    async def health_state(self, request: web.Request) -> web.Response:
+        state = request.match_info["state"]
+        if state not in ("any", "passing", "warning", "critical"):
+            raise InvalidInput(f"Invalid state {state!r}: use any, passing, warning or critical")
+        checks = [c for i in _sorted(self.registry.all_instances()) for c in self._checks(i)]
+        return self._json([c for c in checks if state in ("any", c["Status"])])
+
+    async def unsupported(self, request: web.Request) -> web.Response:
+        what = next(v for k, v in UNSUPPORTED.items() if request.path.startswith(k))
+        return _text(
+            f"dnsreg does not implement {what} of Consul's API ({request.path}); "
+            "it offers service registration, discovery and health only",
+            404,
+        )
+
+    # ---------------------------------------------------------------- shapes
+    def _pool(self, request: web.Request) -> list[Instance]:
+        """Instances of the route's service, with every ``?tag=`` given (Consul ANDs them)."""
+        service = request.match_info["service"].lower()
+        tags = [t.lower() for t in request.query.getall("tag", [])]
+        pool = (
+            self.registry.tagged(service, tags)
+            if tags
+            else self.registry.instances(service).values()
+        )
+        return _sorted(pool)
+
+    def _node(self) -> dict[str, Any]:
+        return {
+            "ID": self.node_id,
+            "Node": self.node,
+            "Address": self.address,
+            "Datacenter": DATACENTER,
+            "TaggedAddresses": {"lan": self.address, "wan": self.address},
+            "Meta": {},
+            "CreateIndex": 1,
+            "ModifyIndex": 1,
+        }
+
+    def _service(self, instance: Instance) -> dict[str, Any]:
+        reg = instance.reg
+        return {
+            "ID": reg.id,
+            "Service": reg.service,
+            "Tags": list(reg.tags),
+            "Address": str(reg.address),
+            "Meta": dict(reg.meta),
+            "Port": reg.port,
+            "Weights": {"Passing": reg.weight, "Warning": reg.weight},
+            "EnableTagOverride": False,
+            # dnsreg keeps one revision per instance: its last change.
+            "CreateIndex": instance.revision,
+            "ModifyIndex": instance.revision,
+        }
+
+    def _agent_service(self, instance: Instance) -> dict[str, Any]:
+        out = self._service(instance)
+        del out["CreateIndex"], out["ModifyIndex"]
+        out["Datacenter"] = DATACENTER
+        return out
+
+    def _checks(self, instance: Instance) -> list[dict[str, Any]]:
+        reg = instance.reg
+        out = [
+            self._check_view(instance, _check_id(instance, n, check), check, status)
+            for n, (check, status) in enumerate(zip(reg.checks, instance.checks, strict=False))
+        ]
+        if instance.maintenance is not None:
+            out.insert(
+                0,
+                self._check_json(
+                    instance,
+                    check_id=MAINTENANCE_CHECK + reg.id,
+                    name="Service Maintenance Mode",
+                    status="critical",
+                    notes=instance.maintenance,
+                    output="",
+                    kind="maintenance",
+                ),
+            )
+        return out
+
+    def _check_view(
+        self, instance: Instance, check_id: str, check: Check, status: CheckStatus
+    ) -> dict[str, Any]:
+        out = self._check_json(
+            instance,
+            check_id=check_id,
+            name=check.name or f"Service '{instance.reg.service}' check",
+            status=status.state.value,
+            notes="",
+            output=status.output,
+            kind=check.kind,
+        )
+        if check.kind != "ttl":
+            out["Interval"] = format_duration(check.interval)
+            out["Timeout"] = format_duration(check.timeout)
+        return out
+
+    def _check_json(
+        self,
+        instance: Instance,
+        *,
+        check_id: str,
+        name: str,
+        status: str,
+        notes: str,
+        output: str,
+        kind: str,
+    ) -> dict[str, Any]:
+        reg = instance.reg
+        return {
+            "Node": self.node,
+            "CheckID": check_id,
+            "Name": name,
+            "Status": status,
+            "Notes": notes,
+            "Output": output,
+            "ServiceID": reg.id,
+            "ServiceName": reg.service,
+            "ServiceTags": list(reg.tags),
+            "Type": kind,
+            "Definition": {},
+            "CreateIndex": instance.revision,
+            "ModifyIndex": instance.revision,
+        }
+
+
+_INDEXES = ("CreateIndex", "ModifyIndex")
+
+
+def _check_id(instance: Instance, index: int, check: Check) -> str:
+    return check.id or default_check_id(instance.reg.id, index, len(instance.reg.checks))
+
+
+def _sorted(instances: Iterable[Instance]) -> list[Instance]:
+    return sorted(instances, key=lambda i: (i.reg.service, i.reg.id))
+
+
+def _flag(request: web.Request, name: str) -> bool:
+    """Consul's boolean query flags: ``?passing``, ``?passing=1``, ``?passing=true``."""
+    if name not in request.query:
+        return False
+    return request.query[name].lower() not in ("0", "false")
+
+
+def _local_port(request: web.Request) -> int:
+    sockname = request.transport.get_extra_info("sockname") if request.transport else None
+    return int(sockname[1]) if sockname else 0
