@@ -32,10 +32,11 @@ import msgspec
 from aiohttp import web
 
 from dnsreg import __version__
+from dnsreg.core.changelog import blocking_timeout, parse_index, parse_wait
 from dnsreg.core.durations import format_duration
 from dnsreg.core.errors import Conflict, DnsregError, InvalidInput, NotFound
 from dnsreg.core.model import Check, CheckStatus, Health, Instance
-from dnsreg.core.registry import Registry
+from dnsreg.core.registry import Change, ChangeKind, Registry
 from dnsreg.http.api import STATUS_FOR_ERROR
 from dnsreg.http.consul_schema import (
     STATUS_OF,
@@ -96,6 +97,14 @@ class ConsulApi:
         self.address = address
         self.node_id = str(uuid.uuid5(uuid.NAMESPACE_DNS, f"{node}.dnsreg"))
         self.report_ttl = report_ttl
+        # Consul addresses services and checks by ID alone; dnsreg keys instances by
+        # (service, id). These indexes, kept by the store's change stream, save a scan
+        # of every instance on each TTL report.
+        self._services_of: dict[str, set[str]] = {}
+        self._check_at: dict[str, tuple[str, str, int]] = {}
+        for instance in registry.all_instances():
+            self._index(instance)
+        store.subscribe(self._on_change)
 
     def install(self, router: web.UrlDispatcher) -> None:
         r = router
@@ -123,29 +132,43 @@ class ConsulApi:
 
     # ------------------------------------------------------------- plumbing
     def _read(self, handler: Handler) -> Handler:
-        """A GET: a blocking query when ``?index=N`` (N > 0) is given, with Consul's headers."""
-        blocking = self.events.blocking_middleware
+        """A GET, as a blocking query when ``?index=`` is given, with Consul's headers."""
 
         async def read(request: web.Request) -> web.StreamResponse:
             try:
                 self._check_query(request)
-                if request.query.get("index", "0") in ("", "0"):
-                    # Consul: index 0 (or none) answers at once (features/blocking.mdx).
-                    seen = self.events.log.head
-                    response = await handler(request)
-                    response.headers[INDEX_HEADER] = str(seen)
-                else:
-                    response = await blocking(request, handler)
+                await self._block(request)
+                # The revision the read saw, taken before it runs: a change it
+                # misses is never hidden behind a newer index.
+                seen = self.events.log.head
+                response = await handler(request)
             except DnsregError as exc:
                 return self._error(exc)
-            # The revision the read saw (taken before it ran): a change it missed
-            # is never hidden behind a newer index.
-            response.headers["X-Consul-Index"] = response.headers[INDEX_HEADER]
-            response.headers["X-Consul-KnownLeader"] = "true"  # one node: always its own leader
+            response.headers[INDEX_HEADER] = str(seen)
+            # features/blocking.mdx: the index is always above 0, or clients that
+            # send it back unchecked would poll in a busy loop.
+            response.headers["X-Consul-Index"] = str(max(1, seen))
+            response.headers["X-Consul-KnownLeader"] = "true"  # one node: its own leader
             response.headers["X-Consul-LastContact"] = "0"
             return response
 
         return read
+
+    async def _block(self, request: web.Request) -> None:
+        """``?index=N&wait=D``: hold the read until a change it concerns, through the
+        same EventHub as the native reads (woken by the change, never polling)."""
+        text = request.query.get("index")
+        if text is None:
+            return
+        index = parse_index(text)
+        if index == 0:
+            return  # Consul: index 0 answers at once
+        hold = blocking_timeout(parse_wait(request.query.get("wait")), self.events.rng)
+        service = request.match_info.get("service")
+        # An index above the head (the 1 of an empty registry, another server's
+        # history) waits for the next change rather than for one past it.
+        since = min(index, self.events.log.head)
+        await self.events.wait(since, hold, service=service.lower() if service else None)
 
     def _write(self, handler: Handler) -> Handler:
         async def write(request: web.Request) -> web.StreamResponse:
@@ -187,9 +210,38 @@ class ConsulApi:
     async def _raw(request: web.Request) -> bytes:
         return await request.read()
 
+    def _on_change(self, change: Change) -> None:
+        if change.kind in (ChangeKind.HEALTH, ChangeKind.MAINTENANCE):
+            return  # ids and checks stay as they are
+        if change.before is not None:
+            self._unindex(change.before)
+        if change.after is not None:
+            self._index(change.after)
+
+    def _index(self, instance: Instance) -> None:
+        reg = instance.reg
+        self._services_of.setdefault(reg.id, set()).add(reg.service)
+        for n, check in enumerate(reg.checks):
+            self._check_at[_check_id(instance, n, check)] = (reg.service, reg.id, n)
+
+    def _unindex(self, instance: Instance) -> None:
+        reg = instance.reg
+        services = self._services_of.get(reg.id)
+        if services is not None:
+            services.discard(reg.service)
+            if not services:
+                del self._services_of[reg.id]
+        for n, check in enumerate(reg.checks):
+            if self._check_at.get(_check_id(instance, n, check)) == (reg.service, reg.id, n):
+                del self._check_at[_check_id(instance, n, check)]
+
     def _find(self, instance_id: str) -> Instance:
         """The instance with Consul service ID ``instance_id`` (unique, as in Consul)."""
-        found = [i for i in self.registry.all_instances() if i.reg.id == instance_id]
+        found = [
+            instance
+            for service in sorted(self._services_of.get(instance_id, ()))
+            if (instance := self.registry.get(service, instance_id)) is not None
+        ]
         if not found:
             raise NotFound(
                 f'Unknown service ID "{instance_id}". Ensure that the service ID is passed, '
@@ -204,10 +256,11 @@ class ConsulApi:
         return found[0]
 
     def _find_check(self, check_id: str) -> tuple[Instance, int]:
-        for instance in self.registry.all_instances():
-            for index, check in enumerate(instance.reg.checks):
-                if _check_id(instance, index, check) == check_id:
-                    return instance, index
+        at = self._check_at.get(check_id)
+        if at is not None:
+            instance = self.registry.get(at[0], at[1])
+            if instance is not None and at[2] < len(instance.reg.checks):
+                return instance, at[2]
         raise NotFound(
             f'Unknown check ID "{check_id}". Ensure that the check ID is passed, '
             "not the check name."
@@ -221,9 +274,10 @@ class ConsulApi:
         # Consul's service IDs are unique per agent: registering an ID under another
         # name moves it there, as re-registering does in Consul.
         moved = [
-            i for i in self.registry.all_instances()
-            if i.reg.id == reg.id and i.reg.service != reg.service
-        ]  # fmt: skip
+            old
+            for service in sorted(self._services_of.get(reg.id, set()) - {reg.service})
+            if (old := self.registry.get(service, reg.id)) is not None
+        ]
         for old in moved:
             self._authorize(request, "write", old.reg.service)
         await self.store.register(reg)

@@ -301,3 +301,72 @@ async def test_catalog_service_shape_and_tag_filter(
     assert [r["ServiceID"] for r in rows] == ["db-1", "db-2"]
     _, critical = await call(client.health.state, "critical")
     assert critical == []
+
+
+async def test_empty_registry_index_is_1_and_blocks_until_the_first_change(
+    running: Running, client: consul.Consul
+) -> None:
+    async with running.http.get(running.base + "/v1/catalog/services") as resp:
+        assert resp.headers["X-Consul-Index"] == "1"
+        assert resp.headers["X-Consul-KnownLeader"] == "true"
+        assert resp.headers["X-Consul-LastContact"] == "0"
+        assert await resp.json() == {}
+    blocked = asyncio.create_task(call(client.catalog.services, index="1", wait="10s"))
+    await async_wait_until(
+        lambda: running.server.api is not None and running.server.api.events.blocked == 1
+    )
+    assert not blocked.done()
+    assert await call(client.agent.service.register, "first", port=80, address="127.0.0.1")
+    index, services = await asyncio.wait_for(blocked, 5)
+    assert services == {"first": []}
+    assert index == "1"  # revision 1: the first change
+
+
+async def test_check_update_warn_and_errors_as_consul_gives_them(
+    running: Running, client: consul.Consul
+) -> None:
+    ttl, tcp = {"TTL": "30s", "CheckID": "beat"}, {"TCP": "127.0.0.1:9", "Interval": "10s"}
+    assert await call(client.agent.service.register, "web", service_id="w1", port=80,
+                      address="127.0.0.1", check=ttl, extra_checks=[tcp])  # fmt: skip
+    base = running.base + "/v1/agent/check"
+    async with running.http.put(
+        base + "/update/beat", json={"status": "warning", "output": "slow"}
+    ) as resp:
+        assert resp.status == 200, await resp.text()
+    instance = running.server.registry.get("web", "w1")
+    assert instance is not None
+    assert instance.checks[0].state.value == "warning"
+    assert instance.checks[0].output == "slow"
+    checks_seen = await call(client.agent.checks)
+    assert checks_seen["beat"]["Status"] == "warning"
+    assert await call(client.agent.check.ttl_warn, "beat", "still slow")
+    for method, path, body, status, text in [
+        (
+            "PUT",
+            "/pass/service:w1:2",
+            None,
+            400,
+            'CheckID "service:w1:2" does not have associated TTL',
+        ),
+        ("PUT", "/pass/nope", None, 404, 'Unknown check ID "nope"'),
+        ("PUT", "/update/beat", {"Status": "sunny"}, 400, "Status"),
+        ("PUT", "/update/beat", {"Status": "passing", "Colour": "red"}, 400, "Colour"),
+    ]:
+        async with running.http.request(method, base + path, json=body) as resp:
+            assert resp.status == status, path
+            assert resp.content_type == "text/plain"
+            assert text in await resp.text(), path
+    for query, text in [("?dc=dc2", "No path to datacenter 'dc2'"), ("?filter=x", "?filter=")]:
+        async with running.http.get(running.base + "/v1/health/service/web" + query) as resp:
+            assert resp.status == 400
+            assert text in await resp.text()
+    async with running.http.put(running.base + "/v1/agent/service/maintenance/w1") as resp:
+        assert resp.status == 400
+        assert "Missing value for enable" in await resp.text()
+    async with running.http.get(running.base + "/v1/health/state/sunny") as resp:
+        assert resp.status == 400
+    # Nothing above changed the check.
+    instance = running.server.registry.get("web", "w1")
+    assert instance is not None
+    assert instance.checks[0].output == "still slow"
+    assert instance.maintenance is None
