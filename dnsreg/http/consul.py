@@ -23,6 +23,7 @@ The mapping:
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import uuid
 from collections.abc import Awaitable, Callable, Iterable
@@ -448,7 +449,11 @@ class ConsulApi:
             "Node": self.node,
             "Address": self.address,
             "Datacenter": DATACENTER,
-            "TaggedAddresses": {"lan": self.address, "wan": self.address},
+            "TaggedAddresses": {
+                f"{side}{suffix}": self.address
+                for side in ("lan", "wan")
+                for suffix in ("", f"_ipv{ipaddress.ip_address(self.address).version}")
+            },
             "Meta": {},
             "CreateIndex": 1,
             "ModifyIndex": 1,
@@ -461,6 +466,10 @@ class ConsulApi:
             "Service": reg.service,
             "Tags": list(reg.tags),
             "Address": str(reg.address),
+            "TaggedAddresses": {
+                f"{side}_ipv{reg.address.version}": {"Address": str(reg.address), "Port": reg.port}
+                for side in ("lan", "wan")
+            },
             "Meta": dict(reg.meta),
             "Port": reg.port,
             "Weights": {"Passing": reg.weight, "Warning": reg.weight},

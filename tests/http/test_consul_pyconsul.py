@@ -295,6 +295,8 @@ async def test_catalog_service_shape_and_tag_filter(
     assert row["ServiceAddress"] == "10.0.0.1"
     assert row["ServicePort"] == 5432
     assert row["ServiceTags"] == ["primary", "v1"]
+    assert row["ServiceTaggedAddresses"]["wan_ipv4"] == {"Address": "10.0.0.1", "Port": 5432}
+    assert row["TaggedAddresses"]["lan_ipv4"] == "127.0.0.1"
     assert row["Datacenter"] == "dc1"
     assert row["Address"] == "127.0.0.1"
     _, rows = await call(client.catalog.service, "db")
