@@ -372,3 +372,28 @@ async def test_check_update_warn_and_errors_as_consul_gives_them(
     assert instance is not None
     assert instance.checks[0].output == "still slow"
     assert instance.maintenance is None
+
+
+async def test_consul_services_and_their_checks_survive_a_restart(tmp_path: Path) -> None:
+    config = make_config(tmp_path, alt_domain="consul")
+    server = await start_server(config)
+    try:
+        client = consul.Consul(host="127.0.0.1", port=server.http_port)
+        check = {"TTL": "30s", "CheckID": "keep-alive", "Name": "alive"}
+        assert await call(client.agent.service.register, "keep", service_id="keep-1", port=70,
+                          address="127.0.0.1", check=check)  # fmt: skip
+        assert await call(client.agent.check.ttl_pass, "keep-alive", "up")
+    finally:
+        await server.stop()
+    server = await start_server(config)
+    try:
+        client = consul.Consul(host="127.0.0.1", port=server.http_port)
+        _, nodes = await call(client.health.service, "keep", passing=True)
+        assert [n["Service"]["ID"] for n in nodes] == ["keep-1"]
+        (seen,) = nodes[0]["Checks"]
+        assert (seen["CheckID"], seen["Name"], seen["Output"]) == ("keep-alive", "alive", "up")
+        assert await call(client.agent.check.ttl_fail, "keep-alive", "down")
+        _, nodes = await call(client.health.service, "keep", passing=True)
+        assert nodes == []
+    finally:
+        await server.stop()
