@@ -101,9 +101,9 @@ class Settings:
     soa_expire: int = 86400
     hostmaster: str = "hostmaster"
     ns_label: str = "ns"
-    #: Consul's names (config ``alt_domain``): the same registry answered under a
-    #: second origin, ``service.<alt_domain>``, by the same lookup (see with_alt_domain).
-    alt: Settings | None = None
+    #: Consul's names (config ``alt_domain``): the same registry answered under more
+    #: origins, ``service[.dc1].<alt_domain>``, by the same lookup (see with_alt_domain).
+    alt: tuple[Settings, ...] = ()
     #: ``_<svc>._<tag>`` selects by tag, as Consul's RFC 2782 form does.
     rfc2782_tags: bool = False
 
@@ -112,14 +112,18 @@ class Settings:
         return (self.ns_label, *self.origin)
 
 
-def with_alt_domain(settings: Settings, alt_domain: Name) -> Settings:
-    """``settings`` that also answer ``[<tag>.]<svc>.service.<alt_domain>`` (Consul's names).
+def with_alt_domain(settings: Settings, alt_domain: Name, datacenter: str = "dc1") -> Settings:
+    """``settings`` that also answer ``[<tag>.]<svc>.service[.<dc>].<alt_domain>``.
 
-    The alternative origin is ``service.<alt_domain>``: below it names mean what
-    they mean below the primary origin, and its apex has its own SOA and NS.
+    Consul's names (Consul docs, "DNS static lookups": ``[tag.]<service>.service
+    [.<datacenter>].<domain>``). Each alternative origin is a zone apex with its
+    own SOA and NS, and below it names mean what they mean below the primary origin.
     """
-    alt = replace(settings, origin=("service", *alt_domain), rfc2782_tags=True)
-    return replace(settings, alt=alt)
+    alts = tuple(
+        replace(settings, origin=origin, rfc2782_tags=True)
+        for origin in (("service", *alt_domain), ("service", datacenter, *alt_domain))
+    )
+    return replace(settings, alt=alts)
 
 
 @dataclass(slots=True)
@@ -149,9 +153,10 @@ def answer(
         # Over TCP, transfers are dns/xfr_out's; reaching here means they are not
         # configured, or AXFR over UDP (RFC 5936 §4.2): RFC 5936 §2.2.1 allows REFUSED.
         return Reply(Kind.REFUSED, authoritative=False, scope=Scope.STATIC)
-    alt = settings.alt
-    if alt is not None and is_subdomain(q.name, alt.origin):
-        settings = alt
+    for alt in settings.alt:
+        if is_subdomain(q.name, alt.origin):
+            settings = alt
+            break
     reply = _Lookup(registry, static, settings, rng, q.tcp).resolve(q.name, q.qtype)
     if q.qclass == ANY and reply.authoritative:
         # QCLASS * asks for every class (RFC 1035 §3.2.5); we are authoritative for

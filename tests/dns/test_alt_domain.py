@@ -84,6 +84,18 @@ def ask(name: str, qtype: str, settings: Settings = SETTINGS) -> tuple[Kind, lis
             Kind.ANSWER,
             ["_dns._udp.service.consul. 5 IN SRV 0 1 8080 d1.dns.service.consul."],
         ),
+        (
+            "primary.web.service.dc1.consul.",
+            "A",
+            Kind.ANSWER,
+            ["primary.web.service.dc1.consul. 5 IN A 10.0.0.5"],
+        ),
+        (
+            "service.dc1.consul.",
+            "NS",
+            Kind.ANSWER,
+            ["service.dc1.consul. 3600 IN NS ns.service.dc1.consul."],
+        ),
         ("service.consul.", "SOA", Kind.ANSWER, [SOA]),
         ("service.consul.", "NS", Kind.ANSWER, ["service.consul. 3600 IN NS ns.service.consul."]),
     ],
@@ -119,3 +131,10 @@ def test_alt_domain_setting() -> None:
     assert load_config({"alt_domain": "off"}, env={}).alt_domain is None
     with pytest.raises(ConfigError, match="alt_domain"):
         load_config({"alt_domain": "con_sul"}, env={})
+
+
+@pytest.mark.parametrize(
+    "name", ["consul.", "node1.node.consul.", "web.service.dc2.consul.", "web.query.consul."]
+)
+def test_other_consul_names_are_refused(name: str) -> None:
+    assert ask(name, "A")[0] is Kind.REFUSED
