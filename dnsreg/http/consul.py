@@ -35,7 +35,7 @@ from aiohttp import web
 from dnsreg import __version__
 from dnsreg.core.changelog import blocking_timeout, parse_index, parse_wait
 from dnsreg.core.durations import format_duration
-from dnsreg.core.errors import Conflict, DnsregError, InvalidInput, NotFound
+from dnsreg.core.errors import Conflict, DnsregError, InvalidInput, NotFound, PayloadTooLarge
 from dnsreg.core.model import Check, CheckStatus, Health, Instance
 from dnsreg.core.registry import Change, ChangeKind, Registry
 from dnsreg.http.api import STATUS_FOR_ERROR
@@ -209,7 +209,10 @@ class ConsulApi:
 
     @staticmethod
     async def _raw(request: web.Request) -> bytes:
-        return await request.read()
+        try:
+            return await request.read()
+        except web.HTTPRequestEntityTooLarge as exc:
+            raise PayloadTooLarge(f"Request body too large: {exc.text}") from exc
 
     def _on_change(self, change: Change) -> None:
         if change.kind in (ChangeKind.HEALTH, ChangeKind.MAINTENANCE):

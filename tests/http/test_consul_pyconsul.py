@@ -271,11 +271,13 @@ async def test_refused_register_changes_nothing(running: Running, client: consul
         ({"Name": "web", "Port": 80, "Check": {"TTL": "soon"}}, "Check.TTL"),
         ({"Name": "web", "Port": "80"}, "Expected `int | null`, got `str` - at `$.Port`"),
     ]  # fmt: skip
+    big = {"Name": "web", "Port": 80, "Meta": {f"k{n}": "v" * 200 for n in range(400)}}
+    cases.append((big, "Request body too large"))
     revision = running.server.registry.revision
     for body, message in cases:
         async with running.http.put(running.base + "/v1/agent/service/register", json=body) as resp:
             text = await resp.text()
-            assert resp.status == 400, (body, text)
+            assert resp.status == (413 if body is big else 400), (body, text)
             assert resp.content_type == "text/plain"
             assert message in text, (body, text)
     assert running.server.registry.revision == revision
