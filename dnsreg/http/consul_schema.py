@@ -145,7 +145,11 @@ def decode(raw: bytes, kind: type[msgspec.Struct]) -> Any:
 
 def _consul_names(message: str) -> str:
     """msgspec's ``$.checks[0].deregistercriticalserviceafter`` in Consul's spelling."""
-    return re.sub(r"[a-z]+", lambda m: CANONICAL.get(m.group(0), m.group(0)), message)
+
+    def path(match: re.Match[str]) -> str:
+        return re.sub(r"[a-z]+", lambda m: CANONICAL.get(m.group(0), m.group(0)), match.group(0))
+
+    return re.sub(r"`[^`]*`", path, message)  # only inside msgspec's `quoted` names
 
 
 # ------------------------------------------------------------------ durations

@@ -103,6 +103,10 @@ def test_rise_and_fall_from_success_before_passing_and_failures_before_critical(
         ({"Name": "a", "ID": "a:1", "Port": 1}, "ID: 'a:1' is not a DNS label"),
         ({"Port": 1}, "Object missing required field `Name`"),
         (
+            {"Name": "a", "Port": 1, "checks": [{"TTL": "5s", "success_before_passing": "2"}]},
+            "Expected `int`, got `str` - at `$.Checks[0].SuccessBeforePassing`",
+        ),
+        (
             {"Name": "a", "Port": 1, "Check": {"TTL": 5, "DeregisterCriticalServiceAfter": "1d"}},
             "Check.DeregisterCriticalServiceAfter",
         ),
