@@ -399,3 +399,23 @@ async def test_consul_services_and_their_checks_survive_a_restart(tmp_path: Path
         assert nodes == []
     finally:
         await server.stop()
+
+
+async def test_native_registrations_show_in_consul_views(
+    running: Running, client: consul.Consul
+) -> None:
+    await running.register(
+        "api", "api-1", address="10.0.0.7", port=9090, tags=["blue"], meta={"team": "core"},
+        checks=[{"tcp": "10.0.0.7:9", "interval": "10s"}],
+    )  # fmt: skip
+    _, services = await call(client.catalog.services)
+    assert services == {"api": ["blue"]}
+    _, nodes = await call(client.health.service, "api")
+    (node,) = nodes
+    assert node["Service"]["ID"] == "api-1"
+    assert node["Service"]["Meta"] == {"team": "core"}
+    assert [c["CheckID"] for c in node["Checks"]] == ["service:api-1"]
+    assert node["Checks"][0]["Type"] == "tcp"
+    assert node["Checks"][0]["Interval"] == "10s"
+    assert await call(client.agent.service.deregister, "api-1")
+    assert running.server.registry.get("api", "api-1") is None
