@@ -83,7 +83,7 @@ async def test_py_consul_register_health_ttl_maintenance_deregister(
     running: Running, client: consul.Consul, target: Target
 ) -> None:
     http_check = consul.Check.http(
-        f"http://127.0.0.1:{target.port}/health", interval="200ms", timeout="1s"
+        f"http://127.0.0.1:{target.port}/health", interval="1s", timeout="1s"
     )
     ok = await call(
         client.agent.service.register,

@@ -43,12 +43,12 @@ def test_field_names_ignore_case_and_snake_case_but_meta_keys_keep_theirs() -> N
 
 def test_defaults_id_is_name_address_is_caller_check_ids_numbered() -> None:
     reg = register({"Name": "api", "Port": 81, "Checks": [{"TTL": "15s"}, {"TCP": "10.0.0.1:81",
-                    "Interval": "500ms", "Timeout": "2s"}]})  # fmt: skip
+                    "Interval": "1500ms", "Timeout": "2s"}]})  # fmt: skip
     assert reg.id == "api"
     assert str(reg.address) == "10.9.9.9"
     ttl, tcp = reg.checks
     assert (ttl.kind, ttl.interval, ttl.target, ttl.id) == ("ttl", 15.0, "15s", "service:api:1")
-    assert (tcp.kind, tcp.interval, tcp.timeout, tcp.id) == ("tcp", 0.5, 0.5, "service:api:2")
+    assert (tcp.kind, tcp.interval, tcp.timeout, tcp.id) == ("tcp", 1.5, 1.5, "service:api:2")
     assert ttl.name == "Service 'api' check"
 
 
