@@ -208,6 +208,7 @@ class Checker:
         """A TTL check: nothing to probe; sleep until its TTL or ``deregister_after``
         runs out, then look again (a report meanwhile moves the deadline on)."""
         service, instance_id = key
+        watched_since = self.clock()
         while True:
             instance = self.registry.get(service, instance_id)
             if instance is None or index >= len(instance.checks):
@@ -216,7 +217,7 @@ class Checker:
                 return  # replaced: the new registration runs its own task
             status = instance.checks[index]
             now = self.clock()
-            expires = ttl_expires_at(check, status, instance.registered_at)
+            expires = ttl_expires_at(check, status, instance.registered_at, watched_since)
             if expires is not None and expires <= now:
                 after = ttl_expire(check, status, now)
                 log.warning("check %s/%s[%d] %s", service, instance_id, index, after.output)

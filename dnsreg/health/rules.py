@@ -119,17 +119,24 @@ def ttl_report(
     return apply_result(check, status, ProbeResult(health, output, now, 0.0))
 
 
-def ttl_expires_at(check: Check, status: CheckStatus, registered_at: float) -> float | None:
+def ttl_expires_at(
+    check: Check, status: CheckStatus, registered_at: float, watched_since: float | None = None
+) -> float | None:
     """When the TTL check turns critical for want of a report, or None if nothing is due.
 
     Counted from the last report, or from the registration when none came yet
     (Consul starts a TTL check critical; with ``deregister_after`` the clock
-    must still start, or a service that never reports would never be removed).
+    must still start, or a service that never reports would never be removed),
+    and never from before ``watched_since``, when this server began to watch the
+    check: while it was down (or another node watched) reports could not count,
+    so after a restart every service gets one full TTL to report again.
     Nothing is due once the latest finding is already critical.
     """
     if check.kind != "ttl" or status.last_result is Health.CRITICAL:
         return None
     since = status.last_run if status.last_run is not None else registered_at
+    if watched_since is not None:
+        since = max(since, watched_since)
     return since + check.interval
 
 

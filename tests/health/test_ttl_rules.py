@@ -89,3 +89,15 @@ def test_ttl_check_round_trips_through_json() -> None:
     address = ipaddress.ip_address("10.0.0.1")
     reg = Registration(service="web", id="w", address=address, port=80, checks=(check,))
     assert Registration.from_json(reg.to_json()) == reg
+
+
+def test_after_a_restart_the_ttl_counts_from_when_watching_resumed(clock: FakeClock) -> None:
+    registered = clock()
+    passing = ttl_report(TTL, CheckStatus(), Health.PASSING, "fine", clock())
+    clock.advance(3600)  # the server was down for an hour
+    resumed = clock()
+    assert ttl_expires_at(TTL, passing, registered, resumed) == resumed + 10
+    # A report after the restart counts from itself, as before.
+    clock.advance(4)
+    again = ttl_report(TTL, passing, Health.PASSING, "back", clock())
+    assert ttl_expires_at(TTL, again, registered, resumed) == clock() + 10
