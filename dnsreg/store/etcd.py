@@ -290,7 +290,10 @@ class EtcdStore(EtcdMirror):
         current = self.registry.require(service, instance_id)
         if index >= len(current.checks):
             return None  # replaced with fewer checks meanwhile
-        if current.checks[index].state is status.state:
+        # A TTL check's report is shared even when its state stays: it may reach
+        # any node, but the node that owns the check is the one that expires it.
+        shared = current.reg.checks[index].kind == "ttl"
+        if current.checks[index].state is status.state and not shared:
             # Same state: refresh this node's copy only. Writing every result to
             # etcd would cost a revision per check run on every node; only
             # transitions (what DNS and watchers see) are shared.
@@ -298,7 +301,7 @@ class EtcdStore(EtcdMirror):
             return None
 
         def edit(now: Instance) -> Instance | None:
-            if index >= len(now.checks) or now.checks[index].state is status.state:
+            if index >= len(now.checks) or (now.checks[index].state is status.state and not shared):
                 return None
             checks = list(now.checks)
             checks[index] = status
