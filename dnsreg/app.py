@@ -160,6 +160,7 @@ class Server:
                 node=socket.gethostname().split(".")[0] or "dnsreg",
                 address=str(cfg.advertised_addresses()[0]),
                 report_ttl=self.checker.report_ttl,
+                auth=self.auth,
             ).install(api.app.router)
             auth = self.auth
             BackupRoute(

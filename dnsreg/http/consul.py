@@ -33,12 +33,14 @@ import msgspec
 from aiohttp import web
 
 from dnsreg import __version__
+from dnsreg.core.acl import Principal, Right
 from dnsreg.core.changelog import blocking_timeout, parse_index, parse_wait
 from dnsreg.core.durations import format_duration
 from dnsreg.core.errors import Conflict, DnsregError, InvalidInput, NotFound, PayloadTooLarge
 from dnsreg.core.model import Check, CheckStatus, Health, Instance
 from dnsreg.core.registry import Change, ChangeKind, Registry
 from dnsreg.http.api import STATUS_FOR_ERROR
+from dnsreg.http.auth import Auth, audit
 from dnsreg.http.consul_schema import (
     STATUS_OF,
     ConsulCheckUpdate,
@@ -90,6 +92,7 @@ class ConsulApi:
         node: str,
         address: str,
         report_ttl: ReportTtl,
+        auth: Auth,
     ) -> None:
         self.registry = registry
         self.store = store
@@ -98,6 +101,7 @@ class ConsulApi:
         self.address = address
         self.node_id = str(uuid.uuid5(uuid.NAMESPACE_DNS, f"{node}.dnsreg"))
         self.report_ttl = report_ttl
+        self.auth = auth
         # Consul addresses services and checks by ID alone; dnsreg keys instances by
         # (service, id). These indexes, kept by the store's change stream, save a scan
         # of every instance on each TTL report.
@@ -174,6 +178,10 @@ class ConsulApi:
     def _write(self, handler: Handler) -> Handler:
         async def write(request: web.Request) -> web.StreamResponse:
             try:
+                # No token (or an unknown one) is a 401 before the body or the names are
+                # even looked at, as on the native routes; 403 comes once the service is known.
+                if self.auth.principal(request, consul=True) is None:
+                    self.auth.authorize(request, Right.WRITE, None, consul=True)
                 self._check_query(request)
                 return await handler(request)
             except DnsregError as exc:
@@ -193,15 +201,18 @@ class ConsulApi:
         status = next((s for t, s in STATUS_FOR_ERROR.items() if isinstance(exc, t)), 500)
         return _text(exc.message, status)
 
-    def _authorize(self, request: web.Request, right: str, service: str) -> None:
-        """The one authorisation call point of every Consul write.
+    def _authorize(self, request: web.Request, service: str) -> Principal:
+        """The one authorisation call point of every Consul write: dnsreg's ``authorize``.
 
         Consul clients carry their token in ``X-Consul-Token`` or ``?token=``
-        (agent/index.mdx, "Authentication"). Until dnsreg's ACL tokens are in,
-        writes follow the native API's rule, which admits them.
+        (agent/index.mdx, "Authentication"); ``Authorization: Bearer`` works too.
+        Without an ACL file, writes are open only while the API listens on loopback.
         """
-        token = request.headers.get("X-Consul-Token") or request.query.get("token")
-        log.debug("consul %s of %s (token given: %s)", right, service, token is not None)
+        return self.auth.authorize(request, Right.WRITE, service, consul=True)
+
+    @staticmethod
+    def _audit(request: web.Request, principal: Principal, action: str, what: str) -> None:
+        audit.info("consul %s %s by token %s from %s", action, what, principal.name, request.remote)
 
     @staticmethod
     def _json(body: Any) -> web.Response:
@@ -274,7 +285,7 @@ class ConsulApi:
     async def register(self, request: web.Request) -> web.Response:
         body: ConsulService = decode(await self._raw(request), ConsulService)
         reg = to_registration(body, request.remote)
-        self._authorize(request, "write", reg.service)
+        principal = self._authorize(request, reg.service)
         # Consul's service IDs are unique per agent: registering an ID under another
         # name moves it there, as re-registering does in Consul.
         moved = [
@@ -283,16 +294,18 @@ class ConsulApi:
             if (old := self.registry.get(service, reg.id)) is not None
         ]
         for old in moved:
-            self._authorize(request, "write", old.reg.service)
+            self._authorize(request, old.reg.service)
         await self.store.register(reg)
         for old in moved:
             await self.store.deregister(old.reg.service, old.reg.id)
+        self._audit(request, principal, "register", f"{reg.service}/{reg.id}")
         return _text("", 200)
 
     async def deregister(self, request: web.Request) -> web.Response:
         instance = self._find(request.match_info["id"])
-        self._authorize(request, "write", instance.reg.service)
+        principal = self._authorize(request, instance.reg.service)
         await self.store.deregister(instance.reg.service, instance.reg.id)
+        self._audit(request, principal, "deregister", f"{instance.reg.service}/{instance.reg.id}")
         return _text("", 200)
 
     async def maintenance(self, request: web.Request) -> web.Response:
@@ -302,11 +315,13 @@ class ConsulApi:
             raise InvalidInput("Missing value for enable")
         if enable.lower() not in ("true", "false", "1", "0"):
             raise InvalidInput(f"Invalid value for enable: {enable!r}")
-        self._authorize(request, "write", instance.reg.service)
+        reg = instance.reg
+        principal = self._authorize(request, reg.service)
         reason = request.query.get("reason") or DEFAULT_MAINTENANCE_NOTE
         on = enable.lower() in ("true", "1")
-        await self.store.set_maintenance(
-            instance.reg.service, instance.reg.id, reason if on else None
+        await self.store.set_maintenance(reg.service, reg.id, reason if on else None)
+        self._audit(
+            request, principal, f"maintenance {'on' if on else 'off'}", f"{reg.service}/{reg.id}"
         )
         return _text("", 200)
 
@@ -325,8 +340,12 @@ class ConsulApi:
         instance, index = self._find_check(check_id)
         if instance.reg.checks[index].kind != "ttl":
             raise InvalidInput(f'CheckID "{check_id}" does not have associated TTL')
-        self._authorize(request, "write", instance.reg.service)
-        await self.report_ttl(instance.reg.service, instance.reg.id, index, health, output)
+        reg = instance.reg
+        principal = self._authorize(request, reg.service)
+        await self.report_ttl(reg.service, reg.id, index, health, output)
+        self._audit(
+            request, principal, f"check {health.value}", f"{reg.service}/{reg.id} {check_id}"
+        )
         return _text("", 200)
 
     # ----------------------------------------------------------------- reads
