@@ -103,7 +103,8 @@ async def test_py_consul_register_health_ttl_maintenance_deregister(
 
     index, services = await call(client.catalog.services)
     assert services == {"web": ["primary"]}
-    assert int(index) == running.server.registry.revision
+    # The registry revision when the read ran (the HTTP check's first result may follow).
+    assert 2 <= int(index) <= running.server.registry.revision
 
     # The TTL check starts critical (as in Consul): web-py is not passing until reported.
     assert await passing_ids(client, "web") == ["web-2"]
