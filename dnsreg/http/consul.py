@@ -23,9 +23,7 @@ The mapping:
 
 from __future__ import annotations
 
-import ipaddress
 import logging
-import uuid
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
@@ -35,9 +33,8 @@ from aiohttp import web
 from dnsreg import __version__
 from dnsreg.core.acl import Principal, Right
 from dnsreg.core.changelog import blocking_timeout, parse_index, parse_wait
-from dnsreg.core.durations import format_duration
 from dnsreg.core.errors import Conflict, DnsregError, InvalidInput, NotFound, PayloadTooLarge
-from dnsreg.core.model import Check, CheckStatus, Health, Instance
+from dnsreg.core.model import Health, Instance
 from dnsreg.core.registry import Change, ChangeKind, Registry
 from dnsreg.http.api import STATUS_FOR_ERROR
 from dnsreg.http.auth import Auth, audit
@@ -46,8 +43,14 @@ from dnsreg.http.consul_schema import (
     ConsulCheckUpdate,
     ConsulService,
     decode,
-    default_check_id,
     to_registration,
+)
+from dnsreg.http.consul_views import (
+    DATACENTER,
+    DEFAULT_MAINTENANCE_NOTE,
+    INDEXES,
+    ConsulViews,
+    check_id,
 )
 from dnsreg.http.events import INDEX_HEADER, EventHub
 from dnsreg.store import Store
@@ -58,12 +61,6 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 #: Records a TTL check report: (service, id, check index, health, output) → the instance.
 ReportTtl = Callable[[str, str, int, Health, str], Awaitable[Instance]]
 
-DATACENTER = "dc1"
-MAINTENANCE_CHECK = "_service_maintenance:"
-DEFAULT_MAINTENANCE_NOTE = (
-    "Maintenance mode is enabled for this service, but no reason was provided. "
-    "This is a default message."
-)
 #: Parts of Consul dnsreg does not offer, answered 404 with a sentence saying so.
 UNSUPPORTED = {
     "/v1/kv": "the KV store",
@@ -97,9 +94,7 @@ class ConsulApi:
         self.registry = registry
         self.store = store
         self.events = events
-        self.node = node
-        self.address = address
-        self.node_id = str(uuid.uuid5(uuid.NAMESPACE_DNS, f"{node}.dnsreg"))
+        self.views = ConsulViews(node, address)
         self.report_ttl = report_ttl
         self.auth = auth
         # Consul addresses services and checks by ID alone; dnsreg keys instances by
@@ -237,7 +232,7 @@ class ConsulApi:
         reg = instance.reg
         self._services_of.setdefault(reg.id, set()).add(reg.service)
         for n, check in enumerate(reg.checks):
-            self._check_at[_check_id(instance, n, check)] = (reg.service, reg.id, n)
+            self._check_at[check_id(instance, n, check)] = (reg.service, reg.id, n)
 
     def _unindex(self, instance: Instance) -> None:
         reg = instance.reg
@@ -247,8 +242,8 @@ class ConsulApi:
             if not services:
                 del self._services_of[reg.id]
         for n, check in enumerate(reg.checks):
-            if self._check_at.get(_check_id(instance, n, check)) == (reg.service, reg.id, n):
-                del self._check_at[_check_id(instance, n, check)]
+            if self._check_at.get(check_id(instance, n, check)) == (reg.service, reg.id, n):
+                del self._check_at[check_id(instance, n, check)]
 
     def _find(self, instance_id: str) -> Instance:
         """The instance with Consul service ID ``instance_id`` (unique, as in Consul)."""
@@ -350,15 +345,19 @@ class ConsulApi:
 
     # ----------------------------------------------------------------- reads
     async def agent_services(self, request: web.Request) -> web.Response:
-        out = {i.reg.id: self._agent_service(i) for i in _sorted(self.registry.all_instances())}
+        out = {
+            i.reg.id: self.views.agent_service(i) for i in _sorted(self.registry.all_instances())
+        }
         return self._json(out)
 
     async def agent_service(self, request: web.Request) -> web.Response:
-        return self._json(self._agent_service(self._find(request.match_info["id"])))
+        return self._json(self.views.agent_service(self._find(request.match_info["id"])))
 
     async def agent_checks(self, request: web.Request) -> web.Response:
         out = {
-            c["CheckID"]: c for i in _sorted(self.registry.all_instances()) for c in self._checks(i)
+            c["CheckID"]: c
+            for i in _sorted(self.registry.all_instances())
+            for c in self.views.checks(i)
         }
         return self._json(out)
 
@@ -369,17 +368,17 @@ class ConsulApi:
                 "Config": {
                     "Datacenter": DATACENTER,
                     "PrimaryDatacenter": DATACENTER,
-                    "NodeName": self.node,
-                    "NodeID": self.node_id,
+                    "NodeName": self.views.node,
+                    "NodeID": self.views.node_id,
                     "Server": True,
                     "Revision": "dnsreg",
                     "Version": __version__,
                 },
                 "Member": {
-                    "Name": self.node,
-                    "Addr": self.address,
+                    "Name": self.views.node,
+                    "Addr": self.views.address,
                     "Port": port,
-                    "Tags": {"dc": DATACENTER, "role": "consul", "id": self.node_id},
+                    "Tags": {"dc": DATACENTER, "role": "consul", "id": self.views.node_id},
                     "Status": 1,  # serf: alive
                 },
                 "Meta": {},
@@ -387,10 +386,10 @@ class ConsulApi:
         )
 
     async def leader(self, request: web.Request) -> web.Response:
-        return self._json(f"{self.address}:{_local_port(request)}")
+        return self._json(f"{self.views.address}:{_local_port(request)}")
 
     async def peers(self, request: web.Request) -> web.Response:
-        return self._json([f"{self.address}:{_local_port(request)}"])
+        return self._json([f"{self.views.address}:{_local_port(request)}"])
 
     async def datacenters(self, request: web.Request) -> web.Response:
         return self._json([DATACENTER])
@@ -405,10 +404,10 @@ class ConsulApi:
         return self._json(out)
 
     async def catalog_service(self, request: web.Request) -> web.Response:
-        node = self._node()
+        node = self.views.node_json()
         out = []
         for i in self._pool(request):
-            service = self._service(i)
+            service = self.views.service(i)
             entry: dict[str, Any] = {
                 "ID": node["ID"],
                 "Node": node["Node"],
@@ -417,7 +416,7 @@ class ConsulApi:
                 "TaggedAddresses": node["TaggedAddresses"],
                 "NodeMeta": node["Meta"],
                 "ServiceKind": "",
-                **{f"Service{k}": v for k, v in service.items() if k not in _INDEXES},
+                **{f"Service{k}": v for k, v in service.items() if k not in INDEXES},
                 "CreateIndex": service["CreateIndex"],
                 "ModifyIndex": service["ModifyIndex"],
             }
@@ -426,23 +425,23 @@ class ConsulApi:
 
     async def health_service(self, request: web.Request) -> web.Response:
         passing = _flag(request, "passing")
-        node = self._node()
+        node = self.views.node_json()
         out = []
         for i in self._pool(request):
-            checks = self._checks(i)
+            checks = self.views.checks(i)
             if passing and any(c["Status"] != "passing" for c in checks):
                 continue  # Consul's ?passing: every check passing (warning is not)
-            out.append({"Node": node, "Service": self._service(i), "Checks": checks})
+            out.append({"Node": node, "Service": self.views.service(i), "Checks": checks})
         return self._json(out)
 
     async def health_checks(self, request: web.Request) -> web.Response:
-        return self._json([c for i in self._pool(request) for c in self._checks(i)])
+        return self._json([c for i in self._pool(request) for c in self.views.checks(i)])
 
     async def health_state(self, request: web.Request) -> web.Response:
         state = request.match_info["state"]
         if state not in ("any", "passing", "warning", "critical"):
             raise InvalidInput(f"Invalid state {state!r}: use any, passing, warning or critical")
-        checks = [c for i in _sorted(self.registry.all_instances()) for c in self._checks(i)]
+        checks = [c for i in _sorted(self.registry.all_instances()) for c in self.views.checks(i)]
         return self._json([c for c in checks if state in ("any", c["Status"])])
 
     async def unsupported(self, request: web.Request) -> web.Response:
@@ -464,121 +463,6 @@ class ConsulApi:
             else self.registry.instances(service).values()
         )
         return _sorted(pool)
-
-    def _node(self) -> dict[str, Any]:
-        return {
-            "ID": self.node_id,
-            "Node": self.node,
-            "Address": self.address,
-            "Datacenter": DATACENTER,
-            "TaggedAddresses": {
-                f"{side}{suffix}": self.address
-                for side in ("lan", "wan")
-                for suffix in ("", f"_ipv{ipaddress.ip_address(self.address).version}")
-            },
-            "Meta": {},
-            "CreateIndex": 1,
-            "ModifyIndex": 1,
-        }
-
-    def _service(self, instance: Instance) -> dict[str, Any]:
-        reg = instance.reg
-        return {
-            "ID": reg.id,
-            "Service": reg.service,
-            "Tags": list(reg.tags),
-            "Address": str(reg.address),
-            "TaggedAddresses": {
-                f"{side}_ipv{reg.address.version}": {"Address": str(reg.address), "Port": reg.port}
-                for side in ("lan", "wan")
-            },
-            "Meta": dict(reg.meta),
-            "Port": reg.port,
-            "Weights": {"Passing": reg.weight, "Warning": reg.weight},
-            "EnableTagOverride": False,
-            # dnsreg keeps one revision per instance: its last change.
-            "CreateIndex": instance.revision,
-            "ModifyIndex": instance.revision,
-        }
-
-    def _agent_service(self, instance: Instance) -> dict[str, Any]:
-        out = self._service(instance)
-        del out["CreateIndex"], out["ModifyIndex"]
-        out["Datacenter"] = DATACENTER
-        return out
-
-    def _checks(self, instance: Instance) -> list[dict[str, Any]]:
-        reg = instance.reg
-        out = [
-            self._check_view(instance, _check_id(instance, n, check), check, status)
-            for n, (check, status) in enumerate(zip(reg.checks, instance.checks, strict=False))
-        ]
-        if instance.maintenance is not None:
-            out.insert(
-                0,
-                self._check_json(
-                    instance,
-                    check_id=MAINTENANCE_CHECK + reg.id,
-                    name="Service Maintenance Mode",
-                    status="critical",
-                    notes=instance.maintenance,
-                    output="",
-                    kind="maintenance",
-                ),
-            )
-        return out
-
-    def _check_view(
-        self, instance: Instance, check_id: str, check: Check, status: CheckStatus
-    ) -> dict[str, Any]:
-        out = self._check_json(
-            instance,
-            check_id=check_id,
-            name=check.name or f"Service '{instance.reg.service}' check",
-            status=status.state.value,
-            notes="",
-            output=status.output,
-            kind=check.kind,
-        )
-        if check.kind != "ttl":
-            out["Interval"] = format_duration(check.interval)
-            out["Timeout"] = format_duration(check.timeout)
-        return out
-
-    def _check_json(
-        self,
-        instance: Instance,
-        *,
-        check_id: str,
-        name: str,
-        status: str,
-        notes: str,
-        output: str,
-        kind: str,
-    ) -> dict[str, Any]:
-        reg = instance.reg
-        return {
-            "Node": self.node,
-            "CheckID": check_id,
-            "Name": name,
-            "Status": status,
-            "Notes": notes,
-            "Output": output,
-            "ServiceID": reg.id,
-            "ServiceName": reg.service,
-            "ServiceTags": list(reg.tags),
-            "Type": kind,
-            "Definition": {},
-            "CreateIndex": instance.revision,
-            "ModifyIndex": instance.revision,
-        }
-
-
-_INDEXES = ("CreateIndex", "ModifyIndex")
-
-
-def _check_id(instance: Instance, index: int, check: Check) -> str:
-    return check.id or default_check_id(instance.reg.id, index, len(instance.reg.checks))
 
 
 def _sorted(instances: Iterable[Instance]) -> list[Instance]:
