@@ -118,7 +118,13 @@ class Registry:
         """Revision of the last change to ``service`` (0 if never seen)."""
         return self._service_revision.get(service, 0)
 
-    def served(self, service: str, candidates: Iterable[Instance] | None = None) -> ServedSet:
+    def served(
+        self,
+        service: str,
+        candidates: Iterable[Instance] | None = None,
+        *,
+        panic: bool | None = None,
+    ) -> ServedSet:
         """Which of ``candidates`` (default: all instances of ``service``) DNS serves.
 
         Served = healthy enough and not in maintenance. With a panic threshold,

@@ -22,7 +22,11 @@ from dnsreg.dns.wire import EDNS_UDP_LIMIT, PLAIN_UDP_LIMIT, TCP_LIMIT
 
 # How many shuffled variants of a multi-record answer are served in turn.
 VARIANTS = 8
+# ...fewer for big replies: a truncated 64 KiB TCP answer keeps 4, not 8 (memory stays bounded).
+VARIANT_BYTES = 256 * 1024
 DEFAULT_MAX_ENTRIES = 20_000
+# Reply bytes held by the whole cache; past it the oldest quarter of the entries goes.
+DEFAULT_MAX_BYTES = 64 * 1024 * 1024
 
 # Header bytes 4..11 (QDCOUNT, ANCOUNT, NSCOUNT, ARCOUNT) of the two cacheable shapes.
 _PLAIN_COUNTS = b"\x00\x01\x00\x00\x00\x00\x00\x00"
@@ -93,13 +97,27 @@ class Entry:
     # Each variant: reply header after the id, and everything after the question.
     variants: list[tuple[bytes, bytes]] = field(default_factory=list)
     shuffled: bool = False
+    want: int = 1  # variants to build before serving from the cache
     turn: int = 0
     hits: int = 0
 
+    @property
+    def size(self) -> int:
+        return sum(len(head) + len(tail) for head, tail in self.variants)
+
+
+def variants_for(reply_size: int) -> int:
+    """Shuffled variants worth keeping of a reply this big."""
+    return max(1, min(VARIANTS, VARIANT_BYTES // max(1, reply_size)))
+
 
 class AnswerCache:
-    def __init__(self, max_entries: int = DEFAULT_MAX_ENTRIES) -> None:
+    def __init__(
+        self, max_entries: int = DEFAULT_MAX_ENTRIES, max_bytes: int = DEFAULT_MAX_BYTES
+    ) -> None:
         self.max_entries = max_entries
+        self.max_bytes = max_bytes
+        self.bytes = 0
         self.entries: dict[CacheKey, Entry] = {}
         self.misses = 0
         # Hits of entries no longer held, by rcode, so metric totals never go down.
@@ -109,6 +127,11 @@ class AnswerCache:
         for entry in self.entries.values():
             self.retired[entry.rcode] += entry.hits
         self.entries.clear()
+        self.bytes = 0
+
+    def add_variant(self, entry: Entry, template: tuple[bytes, bytes]) -> None:
+        entry.variants.append(template)
+        self.bytes += len(template[0]) + len(template[1])
 
     def hits_by_rcode(self) -> Counter[int]:
         out = Counter(self.retired)
@@ -118,15 +141,20 @@ class AnswerCache:
 
     def store(self, key: CacheKey, entry: Entry) -> None:
         entries = self.entries
-        if len(entries) >= self.max_entries and key not in entries:
+        if (len(entries) >= self.max_entries and key not in entries) or (
+            self.bytes > self.max_bytes
+        ):
             # Bounded memory: drop the oldest quarter (dicts keep insertion order).
-            for old in list(entries)[: max(1, self.max_entries // 4)]:
+            for old in list(entries)[: max(1, len(entries) // 4)]:
                 gone = entries.pop(old)
                 self.retired[gone.rcode] += gone.hits
+                self.bytes -= gone.size
         previous = entries.get(key)
         if previous is not None:
             self.retired[previous.rcode] += previous.hits
+            self.bytes -= previous.size
         entries[key] = entry
+        self.bytes += entry.size
 
 
 def scope_stamp(scope: str, revision: int, service_revision: int, static_generation: int) -> int:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import enum
 import ipaddress
-import math
 import random
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -40,6 +39,7 @@ from dnsreg.dns.records import (
     Target,
     TXTData,
 )
+from dnsreg.dns.service_answers import Material, MaterialCache, PoolKey, draw_limit
 from dnsreg.dns.zones import StaticZone, StaticZones
 
 MAX_CNAME_CHAIN = 8
@@ -83,6 +83,9 @@ class Reply:
     authoritative: bool = True
     ede: tuple[tuple[int, str], ...] = ()
     scope: str = Scope.GLOBAL
+    # Answer records the data holds for this question (0: just those in ``answer``).
+    # More than the answer carries: the encoder says "N of M" when it sends fewer.
+    available: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,6 +136,7 @@ class _Builder:
     answer: list[Record] = field(default_factory=list)
     additional: list[Record] = field(default_factory=list)
     ede: list[tuple[int, str]] = field(default_factory=list)
+    available: int = 0
 
 
 def answer(
@@ -141,14 +145,19 @@ def answer(
     static: StaticZones,
     settings: Settings,
     rng: random.Random,
+    materials: MaterialCache | None = None,
 ) -> Reply:
-    """Build the reply to ``q``. Total: every question gets a reply kind."""
+    """Build the reply to ``q``. Total: every question gets a reply kind.
+
+    ``materials`` keeps per-service answer material between calls (a memo:
+    the reply is the same with or without it); without one it is built afresh.
+    """
     if q.qclass not in (IN, ANY):
         return Reply(Kind.REFUSED, authoritative=False, scope=Scope.STATIC)
     if q.qtype == IXFR and not q.tcp and q.name == settings.origin:
         # RFC 1995 §2: an IXFR over UDP is answered with the current SOA alone; the
         # client then transfers over TCP (dns/xfr_out), where access is checked.
-        return _Lookup(registry, static, settings, rng, q.tcp).resolve(q.name, SOA)
+        return _Lookup(registry, static, settings, rng, q.tcp, MaterialCache()).resolve(q.name, SOA)
     if q.qtype in (AXFR, IXFR):
         # Over TCP, transfers are dns/xfr_out's; reaching here means they are not
         # configured, or AXFR over UDP (RFC 5936 §4.2): RFC 5936 §2.2.1 allows REFUSED.
@@ -157,7 +166,8 @@ def answer(
         if is_subdomain(q.name, alt.origin):
             settings = alt
             break
-    reply = _Lookup(registry, static, settings, rng, q.tcp).resolve(q.name, q.qtype)
+    memo = materials if materials is not None else MaterialCache()
+    reply = _Lookup(registry, static, settings, rng, q.tcp, memo).resolve(q.name, q.qtype)
     if q.qclass == ANY and reply.authoritative:
         # QCLASS * asks for every class (RFC 1035 §3.2.5); we are authoritative for
         # class IN only, so the reply cannot claim to be complete: no AA bit.
@@ -173,12 +183,14 @@ class _Lookup:
         settings: Settings,
         rng: random.Random,
         tcp: bool,
+        materials: MaterialCache,
     ) -> None:
         self.registry = registry
         self.static = static
         self.settings = settings
         self.rng = rng
         self.tcp = tcp
+        self.materials = materials
 
     # --------------------------------------------------------------- routing
     def resolve(self, qname: Name, qtype: int) -> Reply:
@@ -209,9 +221,12 @@ class _Lookup:
                 return self._dnssd(sd, qname, qtype)
         if s.rfc2782_tags and len(rel) == 2 and rel[0][:1] == rel[1][:1] == "_":
             # Consul's _<svc>._<tag>: any label other than _tcp/_udp is a tag.
-            pool = reg.tagged(rel[0][1:], (rel[1][1:],))
-            if pool:
-                return self._service_answer(rel[0][1:], pool, qname, qtype, types=(SRV,))
+            tagged_service, tag = rel[0][1:], rel[1][1:]
+            if reg.has_tag(tagged_service, tag):
+                material = self._material(
+                    tagged_service, ("tag", tag), lambda: reg.tagged(tagged_service, (tag,))
+                )
+                return self._service_answer(tagged_service, material, qname, qtype, types=(SRV,))
         if len(rel) == 1 and rel[0] in ("_tcp", "_udp"):
             proto = rel[0][1:]
             # Empty non-terminal above _svc._proto, and above _dns-sd._udp (RFC 6763 §9).
@@ -241,53 +256,76 @@ class _Lookup:
         # The SOA serial is the revision: apex answers move with every change.
         return self._reply(Kind.ANSWER, b, scope=Scope.GLOBAL)
 
+    def _material(
+        self, service: str, key: PoolKey, candidates: Callable[[], Iterable[Instance] | None]
+    ) -> Material:
+        return self.materials.get(self.registry, service, key, candidates, self.settings.origin)
+
     def _service_node(self, service: str, left: Name, qname: Name, qtype: int) -> Reply:
         reg = self.registry
         if not left:
-            return self._service_answer(service, reg.instances(service).values(), qname, qtype)
+            return self._service_answer(
+                service, self._material(service, (), lambda: None), qname, qtype
+            )
         if len(left) == 1:
             label = left[0]
             instance = reg.get(service, label)
             if instance is not None:
                 return self._instance_answer(service, instance, qname, qtype)
             if reg.has_tag(service, label):
-                return self._service_answer(service, reg.tagged(service, left), qname, qtype)
+                material = self._material(
+                    service, ("tag", label), lambda: reg.tagged(service, left)
+                )
+                return self._service_answer(service, material, qname, qtype)
             return self._negative(Kind.NXDOMAIN)
-        pool = reg.tagged(service, left)
-        if not pool:
+        material = self._material(service, ("tag", *left), lambda: reg.tagged(service, left))
+        if not material.instances and not reg.tagged(service, left):
             return self._negative(Kind.NXDOMAIN)
-        return self._service_answer(service, pool, qname, qtype)
+        return self._service_answer(service, material, qname, qtype)
 
     def _service_answer(
         self,
         service: str,
-        pool: Iterable[Instance],
+        material: Material,
         qname: Name,
         qtype: int,
         *,
         types: tuple[int, ...] = (A, AAAA, SRV),
         txt_of: Instance | None = None,
     ) -> Reply:
-        """Records of the served instances among ``pool``; NODATA when none is served."""
-        served = self.registry.served(service, pool)
-        instances = self._order(served.instances)
+        """Records of the served instances of ``material``; NODATA when none is served.
+
+        Only as many instances are drawn as the largest reply could carry
+        (SPEC §2 "Answers are bounded"); ``available`` tells the encoder how
+        many there were, so a reply that carries fewer says so.
+        """
         b = _Builder()
-        if served.panic:
+        if material.panic:
             b.ede.append((EDE_OTHER, f"panic threshold: serving every live instance of {service}"))
+        cap = self.settings.max_answers
 
-        def records(rtype: int) -> list[Record]:
+        def has(rtype: int) -> bool:
             if rtype == TXT:
-                if txt_of is None or not instances or not txt_of.reg.meta:
-                    return []
-                # RFC 6763 §6.3: one "key=value" string per attribute.
-                strings = tuple(f"{k}={v}".encode()[:255] for k, v in txt_of.reg.meta)
-                return [Record(qname, TXT, txt_of.reg.dns_ttl, TXTData(strings))]
-            return self._records_for(instances, rtype, qname)
+                return txt_of is not None and bool(material.instances) and bool(txt_of.reg.meta)
+            return material.pool(rtype).count > 0
 
-        for rtype in self._wanted(types, qtype, lambda t: bool(records(t))):
-            b.answer.extend(records(rtype))
+        for rtype in self._wanted(types, qtype, has):
+            if rtype == TXT:
+                if has(TXT):
+                    assert txt_of is not None
+                    # RFC 6763 §6.3: one "key=value" string per attribute.
+                    strings = tuple(f"{k}={v}".encode()[:255] for k, v in txt_of.reg.meta)
+                    b.answer.append(Record(qname, TXT, txt_of.reg.dns_ttl, TXTData(strings)))
+                    b.available += 1
+                continue
+            pool = material.pool(rtype)
+            if not pool.count:
+                continue
+            chosen = pool.draw(draw_limit(pool, self.tcp, cap), self.rng)
+            b.available += pool.count if cap is None else min(cap, pool.count)
+            b.answer.extend(self._records_for(chosen, rtype, qname, pool.ttl))
             if rtype == SRV:
-                b.additional.extend(self._target_addresses(instances))
+                b.additional.extend(self._target_addresses(chosen))
         if not b.answer:
             return self._negative(Kind.NODATA, ede=b.ede)
         return self._reply(Kind.ANSWER, b, scope=service)
@@ -297,7 +335,8 @@ class _Lookup:
         if qtype == SRV and sd.srv_pool is not None:
             # _<svc>._<proto> SRV (RFC 2782) keeps its weighted order.
             service, pool = sd.srv_pool
-            return self._service_answer(service, pool, qname, qtype, types=(SRV,))
+            material = self._material(service, ("srv", *qname), lambda: pool)
+            return self._service_answer(service, material, qname, qtype, types=(SRV,))
         scope = Scope.STATIC if sd.fixed else sd.service or Scope.GLOBAL
         b = _Builder()
         b.ede.extend(
@@ -312,8 +351,9 @@ class _Lookup:
         return self._reply(Kind.ANSWER, b, scope=scope)
 
     def _instance_answer(self, service: str, instance: Instance, qname: Name, qtype: int) -> Reply:
+        material = self._material(service, ("id", instance.reg.id), lambda: (instance,))
         return self._service_answer(
-            service, (instance,), qname, qtype, types=(A, AAAA, SRV, TXT), txt_of=instance
+            service, material, qname, qtype, types=(A, AAAA, SRV, TXT), txt_of=instance
         )
 
     # ------------------------------------------------------------ static zones
@@ -378,7 +418,9 @@ class _Lookup:
         """Follow a CNAME into the zones we hold (RFC 1034 §4.3.2 step 3a)."""
         if chain >= MAX_CNAME_CHAIN:
             return self._reply(Kind.ANSWER, b, scope=scope)
-        follow = _Lookup(self.registry, self.static, self.settings, self.rng, self.tcp)
+        follow = _Lookup(
+            self.registry, self.static, self.settings, self.rng, self.tcp, self.materials
+        )
         zone = self.static.find(target)
         origin = self.settings.origin
         if is_subdomain(target, origin) and (zone is None or len(zone.origin) <= len(origin)):
@@ -434,32 +476,13 @@ class _Lookup:
             return sets[0]  # RFC 8482 §4.1
         return [r for rs in sets for r in rs]
 
-    def _order(self, instances: Sequence[Instance]) -> list[Instance]:
-        """Lower priority first; within one, a weighted random order.
-
-        Efraimidis–Spirakis: sorting by u^(1/w) draws without replacement with
-        probability proportional to weight, so weights steer A-record clients too.
-        """
-        rng = self.rng
-        keyed = [
-            (i.reg.priority, -math.log(rng.random() or 1e-300) / i.reg.weight, n)
-            for n, i in enumerate(instances)
-        ]
-        keyed.sort()
-        return [instances[n] for _, _, n in keyed]
-
-    def _records_for(self, instances: Sequence[Instance], rtype: int, qname: Name) -> list[Record]:
+    def _records_for(
+        self, instances: Sequence[Instance], rtype: int, qname: Name, ttl: int
+    ) -> list[Record]:
+        # RFC 2181 §5.2: every record of an RRset carries the same TTL (the pool's smallest).
         if rtype in (A, AAAA):
-            version = 4 if rtype == A else 6
-            chosen = [i for i in instances if i.reg.address.version == version]
-            cap = self.settings.max_answers
-            if cap is not None:
-                chosen = chosen[:cap]
-            ttl = min((i.reg.dns_ttl for i in chosen), default=0)
-            # RFC 2181 §5.2: every record of an RRset carries the same TTL.
-            return [Record(qname, rtype, ttl, Address(i.reg.address)) for i in chosen]
+            return [Record(qname, rtype, ttl, Address(i.reg.address)) for i in instances]
         if rtype == SRV:
-            ttl = min((i.reg.dns_ttl for i in instances), default=0)
             return [
                 Record(
                     qname,
@@ -544,6 +567,7 @@ class _Lookup:
             additional=tuple(_dedupe(b.additional)),
             ede=tuple(b.ede),
             scope=scope,
+            available=max(b.available, len(b.answer)),
         )
 
 

@@ -13,9 +13,10 @@ from collections import Counter
 from typing import TYPE_CHECKING
 
 from dnsreg.core.registry import Registry
-from dnsreg.dns.answer_cache import VARIANTS, AnswerCache, Entry, cache_key, scope_stamp
+from dnsreg.dns.answer_cache import AnswerCache, Entry, cache_key, scope_stamp, variants_for
 from dnsreg.dns.answers import Question, Reply, Scope, Settings, answer
 from dnsreg.dns.records import AXFR, IXFR
+from dnsreg.dns.service_answers import MaterialCache
 from dnsreg.dns.tsig import Signer
 from dnsreg.dns.wire import Malformed, Query, Rcode, decode_query, encode_reply, size_limit
 from dnsreg.dns.zones import StaticZones
@@ -43,6 +44,8 @@ class Responder:
         self.settings = settings
         self.rng = rng or random.Random()
         self.cache = AnswerCache(cache_entries) if cache_entries else AnswerCache()
+        # Per-service answer material, rebuilt only when its service changes.
+        self.materials = MaterialCache()
         # Set by a store that lost contact with its backend: replies then say
         # they may be stale (RFC 8914 "Stale Answer"). Part of every cache entry.
         self.stale = False
@@ -93,7 +96,7 @@ class Responder:
                     entry.stale_marked is not self.stale and scope != Scope.STATIC
                 ):
                     entry = None
-                elif not entry.shuffled or len(entry.variants) >= VARIANTS:
+                elif len(entry.variants) >= entry.want:
                     # Hot path: the client's id and question spliced into a stored reply.
                     entry.hits += 1
                     head, tail = entry.variants[entry.turn % len(entry.variants)]
@@ -117,6 +120,7 @@ class Responder:
             self._static,
             self.settings,
             self.rng,
+            self.materials,
         )
         if self.stale and reply.scope != Scope.STATIC:
             # Zone-file answers do not come from the registry: they cannot be stale.
@@ -127,8 +131,9 @@ class Responder:
         if found is not None and found[1] == 12 + len(query.question):
             template = (wire[2:12], wire[found[1] :])
             if entry is not None:
-                entry.variants.append(template)  # one more shuffled order
+                self.cache.add_variant(entry, template)  # one more shuffled order
             else:
+                shuffled = reply.scope not in (Scope.GLOBAL, Scope.STATIC) and len(reply.answer) > 1
                 self.cache.store(
                     found[0],
                     Entry(
@@ -137,8 +142,8 @@ class Responder:
                         stale_marked=self.stale and reply.scope != Scope.STATIC,
                         rcode=rcode,
                         variants=[template],
-                        shuffled=reply.scope not in (Scope.GLOBAL, Scope.STATIC)
-                        and len(reply.answer) > 1,
+                        shuffled=shuffled,
+                        want=variants_for(len(wire)) if shuffled else 1,
                     ),
                 )
         return wire
@@ -156,6 +161,7 @@ class Responder:
             self._static,
             self.settings,
             self.rng,
+            self.materials,
         )
         # Leave room for the TSIG record the signature adds (name, algorithm, MAC).
         wire = encode_reply(query, reply, size_limit(query, tcp) - TSIG_ROOM)

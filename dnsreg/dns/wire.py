@@ -23,6 +23,7 @@ TC = 0x0200
 RD = 0x0100
 OPCODE_MASK = 0x7800
 EDE_OPTION = 15  # RFC 8914 §2
+EDE_OTHER = 0  # RFC 8914 §4.1
 
 PLAIN_UDP_LIMIT = 512  # RFC 1035 §4.2.1
 EDNS_UDP_LIMIT = 1232  # DNS flag day 2020: fits the IPv6 minimum MTU without fragments
@@ -239,17 +240,21 @@ def size_limit(query: Query, tcp: bool) -> int:
 
 
 def encode_reply(query: Query, reply: Reply, limit: int) -> bytes:
-    """Encode ``reply`` to fit ``limit`` bytes.
+    """Encode ``reply`` to fit ``limit`` bytes (SPEC §2 "Answers are bounded").
 
-    Additional records go first when space runs out (they are optional); if
-    the answer and authority sections still do not fit, the reply carries
-    none of them and sets TC so the client retries over TCP (RFC 2181 §9):
-    answer records are never dropped silently.
+    Additional records go first when space runs out (they are optional).
+    Answer records are written while they fit: over UDP a reply that could
+    not carry them all sets TC so the client retries over TCP (RFC 2181 §9);
+    over TCP it carries what fits in 65 535 octets, never TC with an empty
+    answer, and says "N of M" in an EDE (RFC 8914 §4.1, code 0). The answer
+    builder already ordered the records by weighted random draw, so what
+    fits is a weighted random subset.
     """
     rcode = RCODE_FOR_KIND[reply.kind]
     flags = QR | (query.flags & RD) | (AA if reply.authoritative else 0) | rcode
-    ede = reply.ede if query.edns is not None else ()
-    opt = _opt(rcode, query.edns, ede) if query.edns is not None else b""
+    edns = query.edns
+    ede = reply.ede if edns is not None else ()
+    opt = _opt(rcode, edns, ede) if edns is not None else b""
     room = limit - len(opt)
 
     w = Writer(HEADER.pack(0, 0, 0, 0, 0, 0) + query.question)
@@ -258,23 +263,45 @@ def encode_reply(query: Query, reply: Reply, limit: int) -> bytes:
     for i in range(len(query.qname)):
         w.owner_offsets.setdefault(query.qname[i:], at)
         at += 1 + len(query.qname[i])
+    buf = w.buf
+    marks: list[int] = []
     for record in reply.answer:
+        mark = len(buf)
         w.record(record)
+        if len(buf) > room:
+            del buf[mark:]  # records only point backwards: what precedes stays valid
+            break
+        marks.append(mark)
+    answered = len(marks)
+    total = max(reply.available, len(reply.answer))
+    if answered < total:
+        if edns is not None:
+            # Say how much is missing; make room for saying it by dropping records if need be.
+            opt = _opt(rcode, edns, (*ede, (EDE_OTHER, f"{answered} of {total} records")))
+            while answered > 1 and len(buf) + len(opt) > limit:
+                answered -= 1
+                del buf[marks[answered] :]
+                opt = _opt(rcode, edns, (*ede, (EDE_OTHER, f"{answered} of {total} records")))
+            if len(buf) + len(opt) > limit:
+                opt = _opt(rcode, edns, ede)
+        tc = TC if limit < TCP_LIMIT or answered == 0 else 0
+        HEADER.pack_into(buf, 0, query.id, flags | tc, 1, answered, 0, 1 if opt else 0)
+        return bytes(buf) + opt
     for record in reply.authority:
         w.record(record)
-    if len(w.buf) > room:
+    if len(buf) > room:
         header = HEADER.pack(query.id, flags | TC, 1, 0, 0, 1 if opt else 0)
         return header + query.question + opt
     additional = 0
     for record in reply.additional:
-        mark = len(w.buf)
+        mark = len(buf)
         w.record(record)
-        if len(w.buf) > room:
-            del w.buf[mark:]  # nothing after this record can point into it
+        if len(buf) > room:
+            del buf[mark:]  # nothing after this record can point into it
             break
         additional += 1
     HEADER.pack_into(
-        w.buf,
+        buf,
         0,
         query.id,
         flags,
@@ -283,4 +310,4 @@ def encode_reply(query: Query, reply: Reply, limit: int) -> bytes:
         len(reply.authority),
         additional + (1 if opt else 0),
     )
-    return bytes(w.buf) + opt
+    return bytes(buf) + opt

@@ -309,11 +309,11 @@ async def test_udp_size_limits_and_truncation(running: Running) -> None:
         assert raw is not None
         return dns.message.from_wire(raw), len(raw)
 
-    # No EDNS: 512 octets at most, so the answer does not fit: TC, no partial answer.
+    # No EDNS: 512 octets at most, so the answer does not fit: what fits, with TC (SPEC §2).
     msg, size = await udp()
     assert size <= 512
     assert msg.flags & dns.flags.TC
-    assert msg.answer == []
+    assert 20 <= len(records(msg.answer, dns.rdatatype.A)) < 60
     # EDNS with a big buffer: capped at 1232, which this answer fits.
     msg, size = await udp(edns=0, payload=4096)
     assert size <= 1232
@@ -323,7 +323,7 @@ async def test_udp_size_limits_and_truncation(running: Running) -> None:
     msg, size = await udp(edns=0, payload=700)
     assert size <= 700
     assert msg.flags & dns.flags.TC
-    assert msg.answer == []
+    assert 20 <= len(records(msg.answer, dns.rdatatype.A)) < 60
     # TCP carries the whole answer.
     full = await running.query("big.service.local", "A", tcp=True)
     assert len(records(full.answer, dns.rdatatype.A)) == 60
@@ -337,7 +337,7 @@ async def test_udp_size_limits_and_truncation(running: Running) -> None:
         assert len(raw) <= 1232
         msg = dns.message.from_wire(raw)
         assert msg.flags & dns.flags.TC, payload
-        assert msg.answer == []
+        assert 50 <= len(records(msg.answer, dns.rdatatype.A)) < 80
         assert msg.edns == 0
     full = await running.query("huge.service.local", "A", tcp=True, use_edns=0)
     assert len(records(full.answer, dns.rdatatype.A)) == 80
@@ -358,7 +358,7 @@ async def test_additional_records_are_dropped_before_the_answer(running: Running
     # Without EDNS (512) the answer itself does not fit: TC, and the client retries on TCP.
     msg = await running.query("api.service.local", "SRV")
     assert msg.flags & dns.flags.TC
-    assert msg.answer == []
+    assert 0 < len(records(msg.answer, dns.rdatatype.SRV)) < 25
     full = await running.query("api.service.local", "SRV", tcp=True)
     assert len(records(full.answer, dns.rdatatype.SRV)) == 25
     assert len(records(full.additional, dns.rdatatype.A)) == 25
