@@ -27,9 +27,11 @@ from dnsreg.core.preservation import ExpiryGuard
 from dnsreg.core.registry import Change, Registry
 from dnsreg.dns.answers import Settings, with_alt_domain
 from dnsreg.dns.explain import explain, parse_question
-from dnsreg.dns.metrics import ResponderCollector
+from dnsreg.dns.loop_lag import LoopLag, LoopLagCollector
+from dnsreg.dns.metrics import DnsGuardCollector, ResponderCollector
 from dnsreg.dns.notify import Notifier, Secondary
 from dnsreg.dns.responder import Responder
+from dnsreg.dns.rrl import RateLimiter
 from dnsreg.dns.server import DnsServer
 from dnsreg.dns.transfer import Journal
 from dnsreg.dns.tsig import Signer
@@ -67,6 +69,7 @@ class Server:
         self.static = StaticZones()
         self.responder: Responder | None = None
         self.dns: DnsServer | None = None
+        self.loop_lag = LoopLag()
         self.http_runner: web.AppRunner | None = None
         self.api: Api | None = None
         self.auth: Auth | None = None
@@ -133,11 +136,25 @@ class Server:
                 idle_timeout=cfg.tcp_idle_timeout,
                 max_connections=cfg.tcp_max_connections,
                 stream_handler=self.responder.respond_tcp,
+                max_per_client=cfg.tcp_max_per_client,
+                limiter=(
+                    RateLimiter(cfg.rate_limit, cfg.rate_limit_slip)
+                    if cfg.rate_limit is not None
+                    else None
+                ),
             )
             self.dns_port = await self.dns.start(cfg.dns.host, cfg.dns.port)
             # 4. HTTP.
             metrics = Metrics(self.registry, lambda: self.store)
             metrics.add(ResponderCollector(lambda: self.responder))
+            metrics.add(
+                DnsGuardCollector(
+                    lambda: self.dns.udp.limiter if self.dns else None,
+                    lambda: self.dns.tcp if self.dns else None,
+                )
+            )
+            self.loop_lag.start()
+            metrics.add(LoopLagCollector(self.loop_lag))
             metrics.add(HealthCollector(lambda: self.checker, lambda: self.panic_watch))
             api = Api(
                 self.registry,
@@ -212,6 +229,7 @@ class Server:
 
     async def stop(self) -> None:
         """Reverse order: HTTP, DNS, the health checker, then the store flushes and closes."""
+        self.loop_lag.stop()
         if self.http_runner is not None:
             await self.http_runner.cleanup()
             self.http_runner = None

@@ -51,6 +51,9 @@ class Config:
     max_body_bytes: int = 64 * 1024
     tcp_idle_timeout: float = 10.0
     tcp_max_connections: int = 512
+    tcp_max_per_client: int = 16  # DNS TCP connections one client address may hold
+    rate_limit: float | None = None  # DNS responses/s per /24 or /56 (RRL); None: off
+    rate_limit_slip: int = 2  # every Nth limited response goes out empty with TC; 0: drop all
     stale_after: float = 10.0  # etcd store: mark answers stale after this long without contact
     events_buffer: int = 10_000  # changes remembered for /v1/events?since= resumption
     events_keepalive: float = 15.0  # seconds between comment lines on an idle event stream
@@ -163,6 +166,18 @@ def _coerce(name: str, value: Any) -> Any:
             return number
         if name in ("negative_ttl", "max_body_bytes", "tcp_max_connections"):
             return int(value)
+        if name in ("tcp_max_per_client", "rate_limit_slip"):
+            number = int(value)
+            if number < (1 if name == "tcp_max_per_client" else 0):
+                raise ConfigError(f"{name}: must be at least {1 if name[0] == 't' else 0}")
+            return number
+        if name == "rate_limit":
+            if value in (None, "", 0, "0", "off"):
+                return None
+            rate = float(value)
+            if not rate > 0:
+                raise ConfigError("rate_limit: responses per second must be above 0 (or 'off')")
+            return rate
         if name == "max_answers":
             return None if value in (None, "", 0, "0") else int(value)
         if name == "panic_threshold":

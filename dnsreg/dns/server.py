@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import cast
 
 from dnsreg.dns import udp_batch as mmsg
+from dnsreg.dns.rrl import RateLimiter, Verdict, network_of_host, slip_reply
 
 log = logging.getLogger("dnsreg.dns")
 
@@ -31,8 +32,9 @@ def _family(host: str) -> socket.AddressFamily:
 
 
 class UdpListener:
-    def __init__(self, handler: Handler) -> None:
+    def __init__(self, handler: Handler, limiter: RateLimiter | None = None) -> None:
         self.handler = handler
+        self.limiter = limiter  # response rate limiting; None: off, and free
         self.sock: socket.socket | None = None
         self._batch: mmsg.BatchIO | None = None
 
@@ -57,8 +59,10 @@ class UdpListener:
         # Keep draining while full batches arrive, then yield to other work.
         batch = self._batch
         assert batch is not None
+        limiter = self.limiter
+        now = asyncio.get_running_loop().time() if limiter is not None else 0.0
         for _ in range(4):
-            if batch.pump(self.handler) < UDP_DRAIN:
+            if batch.pump(self.handler, limiter, now) < UDP_DRAIN:
                 return
 
     def _readable(self) -> None:
@@ -68,6 +72,8 @@ class UdpListener:
         handler = self.handler
         recv = sock.recvfrom
         send = sock.sendto
+        limiter = self.limiter
+        now = asyncio.get_running_loop().time() if limiter is not None else 0.0
         for _ in range(UDP_DRAIN):
             try:
                 # 64 KiB stays below glibc's mmap threshold; the bytes object is shrunk in place.
@@ -81,6 +87,12 @@ class UdpListener:
             except Exception:
                 log.exception("unexpected error answering a UDP query; dropped it")
                 continue
+            if reply is not None and limiter is not None:
+                verdict = limiter.check(network_of_host(addr[0]), now)
+                if verdict is Verdict.DROP:
+                    continue
+                if verdict is Verdict.SLIP:
+                    reply = slip_reply(reply)
             if reply is not None:
                 try:  # noqa: SIM105 - a with-block per datagram costs measurable time
                     send(reply, addr)
@@ -108,20 +120,17 @@ class _TcpConnection(asyncio.Protocol):
         self.buffer = bytearray()
         self.idle: asyncio.TimerHandle | None = None
         self.paused = False
-        self.peer = ""
+        self.client = ""  # the peer's address: the per-client cap and zone-transfer ACLs
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports do not subclass asyncio.Transport; they behave as one.
         self.transport = cast(asyncio.Transport, transport)
         transport = self.transport
-        listener = self.listener
-        if len(listener.connections) >= listener.max_connections or listener.closing:
-            listener.refused += 1
+        peer = transport.get_extra_info("peername")
+        self.client = str(peer[0]) if peer else ""
+        if not self.listener.admit(self):
             transport.abort()
             return
-        listener.connections.add(self)
-        peername = transport.get_extra_info("peername")
-        self.peer = str(peername[0]) if peername else ""
         self._arm()
 
     def _arm(self) -> None:
@@ -154,7 +163,7 @@ class _TcpConnection(asyncio.Protocol):
             try:
                 message = bytes(buf[pos + 2 : pos + 2 + length])
                 if stream is not None:
-                    reply = stream(message, self.peer)
+                    reply = stream(message, self.client)
                 else:
                     reply = handler(message, tcp=True)
             except Exception:
@@ -180,6 +189,7 @@ class _TcpConnection(asyncio.Protocol):
             # RFC 7766 §6.2.3: the idle time runs between whole queries. Re-arming on
             # every chunk would let a client dripping one byte at a time hold a slot.
             self._arm()
+            self.listener.touched(self)
         if self.listener.closing and not buf:
             transport.close()
 
@@ -195,12 +205,19 @@ class _TcpConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         if self.idle is not None:
             self.idle.cancel()
-        self.listener.connections.discard(self)
+        self.listener.forget(self)
         self.listener.drained()
 
 
 class TcpListener:
-    """DNS over TCP: length-prefixed messages, several per connection (RFC 7766)."""
+    """DNS over TCP: length-prefixed messages, several per connection (RFC 7766).
+
+    Fairness (RFC 7766 §6.2.2 asks servers to limit connections per client and
+    to reclaim idle ones, as NSD, Knot and BIND do): one client address holds
+    at most ``max_per_client`` connections; when all ``max_connections`` are
+    taken, the connection idle longest is closed to admit the new one, so a
+    client that opens slots and sits on them cannot lock others out.
+    """
 
     def __init__(
         self,
@@ -208,17 +225,61 @@ class TcpListener:
         *,
         idle_timeout: float,
         max_connections: int,
+        max_per_client: int = 16,
         stream_handler: StreamHandler | None = None,
     ) -> None:
         self.handler = handler
         self.stream_handler = stream_handler
         self.idle_timeout = idle_timeout
         self.max_connections = max_connections
+        self.max_per_client = max_per_client
         self.server: asyncio.Server | None = None
-        self.connections: set[_TcpConnection] = set()
+        # Least recently active first (a dict keeps insertion order; activity re-inserts).
+        self.connections: dict[_TcpConnection, None] = {}
+        self.per_client: dict[str, int] = {}
         self.closing = False
         self.refused = 0
+        self.refused_per_client = 0
+        self.evicted = 0
         self._all_closed: asyncio.Event | None = None
+
+    def admit(self, conn: _TcpConnection) -> bool:
+        """Take ``conn`` in, closing the longest-idle connection if every slot is taken."""
+        if self.closing:
+            self.refused += 1
+            return False
+        held = self.per_client.get(conn.client, 0)
+        if held >= self.max_per_client:
+            self.refused += 1
+            self.refused_per_client += 1
+            return False
+        if len(self.connections) >= self.max_connections:
+            # Idle: no query half received. The oldest such one goes.
+            victim = next((c for c in self.connections if not c.buffer), None)
+            if victim is None:
+                self.refused += 1
+                return False
+            self.evicted += 1
+            self.forget(victim)
+            if victim.transport is not None:
+                victim.transport.close()  # flushes answers already written
+        self.connections[conn] = None
+        self.per_client[conn.client] = held + 1
+        return True
+
+    def touched(self, conn: _TcpConnection) -> None:
+        if conn in self.connections:
+            del self.connections[conn]
+            self.connections[conn] = None
+
+    def forget(self, conn: _TcpConnection) -> None:
+        if conn in self.connections:
+            del self.connections[conn]
+            left = self.per_client.get(conn.client, 1) - 1
+            if left > 0:
+                self.per_client[conn.client] = left
+            else:
+                self.per_client.pop(conn.client, None)
 
     async def start(self, host: str, port: int) -> int:
         loop = asyncio.get_running_loop()
@@ -259,13 +320,16 @@ class DnsServer:
         *,
         idle_timeout: float,
         max_connections: int,
+        max_per_client: int = 16,
+        limiter: RateLimiter | None = None,
         stream_handler: StreamHandler | None = None,
     ) -> None:
-        self.udp = UdpListener(handler)
+        self.udp = UdpListener(handler, limiter)
         self.tcp = TcpListener(
             handler,
             idle_timeout=idle_timeout,
             max_connections=max_connections,
+            max_per_client=max_per_client,
             stream_handler=stream_handler,
         )
         self.port = 0

@@ -16,6 +16,8 @@ import socket
 import struct
 from collections.abc import Callable
 
+from dnsreg.dns.rrl import RateLimiter, Verdict, network_of_sockaddr, slip_reply
+
 MSG_DONTWAIT = 0x40
 SLOT = 4096  # bytes per received datagram; a longer query arrives truncated (MSG_TRUNC)
 SOCKADDR = 128  # sockaddr_storage
@@ -115,8 +117,16 @@ class BatchIO:
         self.name_at = [i * stride + hdr + _MsgHdr.msg_name.offset for i in range(batch)]
         self.iov_len_at = [i * ctypes.sizeof(_IOVec) + _IOVec.iov_len.offset for i in range(batch)]
 
-    def pump(self, handler: Callable[..., bytes | None]) -> int:
-        """One receive call and one send call; returns how many datagrams came in."""
+    def pump(
+        self,
+        handler: Callable[..., bytes | None],
+        limiter: RateLimiter | None = None,
+        now: float = 0.0,
+    ) -> int:
+        """One receive call and one send call; returns how many datagrams came in.
+
+        ``limiter``: response rate limiting (``rrl``) at time ``now``; None costs one test.
+        """
         count: int = self.libc.recvmmsg(self.fd, self.rmsgs, self.batch, MSG_DONTWAIT, None)
         if count <= 0:
             # EAGAIN: drained. Anything else (an ICMP error surfacing, EINTR): the
@@ -145,6 +155,13 @@ class BatchIO:
                 continue
             if reply is None:
                 continue
+            if limiter is not None:
+                base = i * SOCKADDR
+                verdict = limiter.check(network_of_sockaddr(self.names.raw[base : base + 24]), now)
+                if verdict is not Verdict.SEND:
+                    if verdict is Verdict.DROP:
+                        continue
+                    reply = slip_reply(reply)
             length = len(reply)
             at = out * 65535
             sview[at : at + length] = reply
