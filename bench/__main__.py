@@ -2,7 +2,10 @@
 
 Scenarios (issue 5): P1 cached UDP with and without EDNS, P2 the same under
 registration churn every 10 ms, P3 TCP, P4 a registry of 100 000 instances
-(registration and heartbeat rates, RSS, P1 again), P5 propagation delays.
+(registration and heartbeat rates, RSS, P1 again), P5 propagation delays, P6
+P1 on the small services while a 50 000-instance service is queried at 100/s
+(issue 11). A server that fails a scenario (dnsperf exits non-zero, say
+dnsmasq timing out over TCP) is reported as failed, with its error; the run goes on.
 Rounds are interleaved (dnsreg, dnsmasq, NSD, repeat) so drift on the machine
 hits all three alike. The server runs on core 0 and dnsperf on core 1.
 """
@@ -12,13 +15,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import random
 import shutil
+import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from bench import dnsperf, httpload
@@ -83,10 +89,23 @@ class Bench:
         self.queries = dnsperf.write_queries(work / "queries.txt", names)
         # rows: (scenario, server) -> list of (qps, cpu_us)
         self.samples: dict[tuple[str, str], list[dnsperf.Result]] = {}
+        self.failures: dict[tuple[str, str], str] = {}
         self.extra: dict[str, str] = {}
 
-    def record(self, scenario: str, server: str, result: dnsperf.Result) -> None:
-        self.samples.setdefault((scenario, server), []).append(result)
+    def record(self, scenario: str, server: str, result: dnsperf.Result | None) -> None:
+        if result is not None:
+            self.samples.setdefault((scenario, server), []).append(result)
+
+    def attempt(
+        self, scenario: str, server: str, run: Callable[[], dnsperf.Result]
+    ) -> dnsperf.Result | None:
+        """Run one measurement; a failure is recorded against its row and the run goes on."""
+        try:
+            return run()
+        except (subprocess.CalledProcessError, subprocess.TimeoutExpired, RuntimeError) as exc:
+            self.failures[(scenario, server)] = _describe(exc)
+            print(f"{scenario} / {server} failed: {_describe(exc)}", file=sys.stderr)
+            return None
 
     # ------------------------------------------------------------------ P1-P3
     def query_rounds(self) -> None:
@@ -96,23 +115,24 @@ class Bench:
         try:
             for _ in range(self.rounds):
                 for server in servers:
-                    self.record(
-                        "P1 udp", server.name, dnsperf.run(server, self.queries, self.seconds)
-                    )
-                    self.record(
-                        "P1 udp+edns", server.name,
-                        dnsperf.run(server, self.queries, self.seconds, edns=True),
-                    )  # fmt: skip
-                    if isinstance(server, Dnsreg):
-                        self.record("P2 udp+churn", server.name, self._churn(server))
-                    self.record(
-                        "P3 tcp",
-                        server.name,
-                        dnsperf.run(server, self.queries, self.seconds, tcp=True),
-                    )
+                    self._round(server)
         finally:
             for server in servers:
                 server.stop()
+
+    def _round(self, server: Server) -> None:
+        """P1-P3 once against ``server``."""
+        q, secs = self.queries, self.seconds
+
+        def measure(scenario: str, run: Callable[[], dnsperf.Result]) -> None:
+            self.record(scenario, server.name, self.attempt(scenario, server.name, run))
+
+        measure("P1 udp", lambda: dnsperf.run(server, q, secs))
+        measure("P1 udp+edns", lambda: dnsperf.run(server, q, secs, edns=True))
+        if isinstance(server, Dnsreg):
+            dnsreg = server
+            measure("P2 udp+churn", lambda: self._churn(dnsreg))
+        measure("P3 tcp", lambda: dnsperf.run(server, q, secs, tcp=True))
 
     def _churn(self, server: Dnsreg) -> dnsperf.Result:
         """P2: dnsperf while a registration changes every 10 ms (each invalidates a service)."""
@@ -227,6 +247,58 @@ class Bench:
         finally:
             server.stop()
 
+    # --------------------------------------------------------------------- P6
+    def big_service(self) -> None:
+        """P6: P1 on the small services, alone and while a huge service is queried at 100/s.
+
+        The huge service's queries vary their EDNS buffer size, so most are
+        answer-cache misses: each is answered from the per-service material.
+        """
+        big = 2_000 if self.args.quick else 50_000
+        server = Dnsreg()
+        server.start(self.work / "dnsreg-big", self.instances, core=0)
+        try:
+            regs = [
+                httpload.register_request("huge", f"h{n}", _huge_address(n), 9000, ttl=0)
+                for n in range(big)
+            ]
+            loaded = asyncio.run(httpload.run(server.http_port, regs, self.args.http_clients))
+            self.extra["P6 huge service"] = f"{big} instances ({loaded.errors} errors registering)"
+            for _ in range(self.rounds):
+                self.record(
+                    "P6 plain P1", "dnsreg",
+                    self.attempt("P6 plain P1", "dnsreg",
+                                 lambda: dnsperf.run(server, self.queries, self.seconds)),
+                )  # fmt: skip
+                stop = threading.Event()
+                latencies: list[float] = []
+                thread = threading.Thread(
+                    target=_query_huge, args=(server.port, stop, latencies), daemon=True
+                )
+                thread.start()
+                try:
+                    self.record(
+                        "P6 P1 + huge@100/s", "dnsreg",
+                        self.attempt("P6 P1 + huge@100/s", "dnsreg",
+                                     lambda: dnsperf.run(server, self.queries, self.seconds)),
+                    )  # fmt: skip
+                finally:
+                    stop.set()
+                    thread.join()
+                answered = [x for x in latencies if x == x]
+                self.extra["P6 huge-service queries"] = (
+                    f"{len(latencies)} sent, {len(answered)} answered, "
+                    f"p50/max {pct(answered, 0.5) * 1e3:.1f} / "
+                    f"{max(answered, default=float('nan')) * 1e3:.1f} ms"
+                )
+            plain = median([r.qps for r in self.samples.get(("P6 plain P1", "dnsreg"), [])])
+            loaded_qps = median(
+                [r.qps for r in self.samples.get(("P6 P1 + huge@100/s", "dnsreg"), [])]
+            )
+            self.extra["P6 P1 under huge-service load vs plain"] = f"{loaded_qps / plain:.2f}×"
+        finally:
+            server.stop()
+
     # ------------------------------------------------------------------ report
     def table(self) -> str:
         rows = [
@@ -240,7 +312,12 @@ class Bench:
             results = self.samples.get((scenario, server), [])
             return median([r.qps for r in results]), median([r.cpu_us_per_query for r in results])
 
+        scenarios += [s for s, _ in self.failures if s not in scenarios]
         for scenario in scenarios:
+            for server in ("dnsreg", "dnsmasq", "nsd"):
+                error = self.failures.get((scenario, server))
+                if error is not None:
+                    rows.append(f"| {scenario} | {server} | failed: {error} | | | | | |")
             base = scenario if (scenario, "dnsmasq") in self.samples else "P1 udp"
             mq, mc = stat(base, "dnsmasq")
             nq, nc = stat(base, "nsd")
@@ -258,6 +335,48 @@ class Bench:
         return "\n".join(lines)
 
 
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, subprocess.CalledProcessError):
+        tail = (exc.stderr or exc.stdout or "").strip().splitlines()[-1:]
+        detail = f": {tail[0][:120]}" if tail else ""
+        program = Path(str(exc.cmd[0])).name if exc.cmd else "command"
+        return f"{program} exited {exc.returncode}{detail}"
+    return f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:160] if str(exc) else ''}"
+
+
+def _huge_address(n: int) -> str:
+    return f"10.{100 + (n >> 16)}.{(n >> 8) & 255}.{n & 255}"
+
+
+def _query_huge(port: int, stop: threading.Event, latencies: list[float]) -> None:
+    """A, SRV and ANY for the huge service at 100/s over UDP; NaN marks an unanswered one."""
+    import dns.message
+
+    rng = random.Random(6)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.settimeout(1.0)
+    n = 0
+    next_at = time.perf_counter()
+    try:
+        while not stop.is_set():
+            rtype = ("A", "SRV", "ANY")[n % 3]
+            q = dns.message.make_query(
+                f"huge.{ZONE}", rtype, use_edns=0, payload=512 + rng.randrange(720)
+            )
+            started = time.perf_counter()
+            sock.sendto(q.to_wire(), ("127.0.0.1", port))
+            try:
+                sock.recv(65535)
+                latencies.append(time.perf_counter() - started)
+            except TimeoutError:
+                latencies.append(float("nan"))
+            n += 1
+            next_at += 0.01
+            stop.wait(max(0.0, next_at - time.perf_counter()))
+    finally:
+        sock.close()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument(
@@ -265,7 +384,7 @@ def main() -> int:
     )
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=5.0)
-    parser.add_argument("--only", default="P1,P4,P5", help="P1 (covers P1-P3), P4, P5")
+    parser.add_argument("--only", default="P1,P4,P5,P6", help="P1 (covers P1-P3), P4, P5, P6")
     parser.add_argument(
         "--http-clients", type=int, default=64, help="keep-alive connections for P4 (64)"
     )
@@ -281,6 +400,8 @@ def main() -> int:
             bench.scale()
         if "P5" in only:
             bench.propagation()
+        if "P6" in only:
+            bench.big_service()
         print(bench.table())
         if args.json:
             args.json.write_text(

@@ -43,10 +43,15 @@ def run(
     if warmup:
         # Fill the answer cache (every shuffled variant of every name) before measuring:
         # P1 is the steady state of a resolver fleet, not the first second after a start.
-        subprocess.run(pinned([*base, "-n", "10"], core), capture_output=True, check=True)
+        subprocess.run(
+            pinned([*base, "-n", "10"], core), capture_output=True, text=True, check=True,
+            timeout=120,
+        )  # fmt: skip
     cmd = [*base, "-l", str(seconds)]
     before = tree_cpu(server)
-    out = subprocess.run(pinned(cmd, core), capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        pinned(cmd, core), capture_output=True, text=True, check=True, timeout=seconds + 60
+    ).stdout
     used = tree_cpu(server) - before
     qps = float(_field(out, r"Queries per second:\s+([\d.]+)"))
     completed = int(_field(out, r"Queries completed:\s+(\d+)"))
