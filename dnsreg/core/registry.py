@@ -135,10 +135,19 @@ class Registry:
         maintenance was withdrawn on purpose, and one whose checks have not run
         yet is neither healthy nor failing (SPEC §4: served once its checks
         pass), so neither tips a service into panic nor is served by it.
+
+        ``panic``: the verdict, when the caller already has it for this revision
+        (judging it walks the whole service; DNS asks about many subsets of one).
         """
         everything = self._services.get(service, {})
         pool = list(everything.values()) if candidates is None else list(candidates)
-        healthy = tuple(i for i in pool if i.served)
+        if panic:
+            return ServedSet(
+                tuple(i for i in pool if i.maintenance is None and not i.pending), True
+            )
+        healthy = _healthy(pool)
+        if panic is not None:
+            return ServedSet(healthy, False)
         if self.panic_threshold is not None and everything:
             judged = served = 0
             for i in everything.values():
@@ -452,3 +461,9 @@ class Registry:
         after = before.with_changes(revision=revision, **fields)
         self._services[before.reg.service][before.reg.id] = after
         return Change(kind, revision, before.reg.service, before.reg.id, before, after)
+
+
+def _healthy(pool: list[Instance]) -> tuple[Instance, ...]:
+    # ``Instance.served`` without the property calls for the common case (no checks):
+    # DNS asks this of every instance of a service once per revision of it.
+    return tuple(i for i in pool if i.maintenance is None and (not i.checks or i.health.served))

@@ -38,8 +38,10 @@ from dnsreg.dns.records import (
     SRVData,
     Target,
     TXTData,
+    address_record,
+    srv_record,
 )
-from dnsreg.dns.service_answers import Material, MaterialCache, PoolKey, draw_limit
+from dnsreg.dns.service_answers import Material, MaterialCache, PoolKey, draw_limit, reply_room
 from dnsreg.dns.zones import StaticZone, StaticZones
 
 MAX_CNAME_CHAIN = 8
@@ -303,6 +305,8 @@ class _Lookup:
         if material.panic:
             b.ede.append((EDE_OTHER, f"panic threshold: serving every live instance of {service}"))
         cap = self.settings.max_answers
+        # Octets left in the largest reply: ANY draws only what could still fit.
+        room = reply_room(self.tcp)
 
         def has(rtype: int) -> bool:
             if rtype == TXT:
@@ -321,14 +325,16 @@ class _Lookup:
             pool = material.pool(rtype)
             if not pool.count:
                 continue
-            chosen = pool.draw(draw_limit(pool, self.tcp, cap), self.rng)
+            chosen = pool.draw(draw_limit(pool, room, cap), self.rng)
+            room -= len(chosen) * pool.min_rr
             b.available += pool.count if cap is None else min(cap, pool.count)
-            b.answer.extend(self._records_for(chosen, rtype, qname, pool.ttl))
+            b.answer.extend(self._records_for(material, chosen, rtype, qname, pool.ttl))
             if rtype == SRV:
-                b.additional.extend(self._target_addresses(chosen))
+                b.additional.extend(self._target_addresses(material, chosen))
         if not b.answer:
             return self._negative(Kind.NODATA, ede=b.ede)
-        return self._reply(Kind.ANSWER, b, scope=service)
+        # One address record per distinct instance target: nothing to deduplicate.
+        return self._reply(Kind.ANSWER, b, scope=service, unique=True)
 
     def _dnssd(self, sd: dnssd.SdAnswer, qname: Name, qtype: int) -> Reply:
         """A DNS-SD name (RFC 6763): PTR browsing, instance SRV/TXT (dns/dnssd)."""
@@ -477,32 +483,38 @@ class _Lookup:
         return [r for rs in sets for r in rs]
 
     def _records_for(
-        self, instances: Sequence[Instance], rtype: int, qname: Name, ttl: int
+        self, material: Material, instances: Sequence[Instance], rtype: int, qname: Name, ttl: int
     ) -> list[Record]:
         # RFC 2181 §5.2: every record of an RRset carries the same TTL (the pool's smallest).
         if rtype in (A, AAAA):
-            return [Record(qname, rtype, ttl, Address(i.reg.address)) for i in instances]
+            return material.records(
+                rtype,
+                qname,
+                ttl,
+                instances,
+                lambda i: address_record(qname, rtype, ttl, i.reg.address),
+            )
         if rtype == SRV:
-            return [
-                Record(
-                    qname,
-                    SRV,
-                    ttl,
-                    SRVData(i.reg.priority, i.reg.weight, i.reg.port, self._target(i)),
-                )
-                for i in instances
-            ]
+            return material.records(
+                SRV,
+                qname,
+                ttl,
+                instances,
+                lambda i: srv_record(
+                    qname, ttl, SRVData(i.reg.priority, i.reg.weight, i.reg.port, self._target(i))
+                ),
+            )
         return []
 
     def _target(self, instance: Instance) -> Name:
         return (instance.reg.id, instance.reg.service, *self.settings.origin)
 
-    def _target_addresses(self, instances: Sequence[Instance]) -> list[Record]:
-        out = []
-        for i in instances:
+    def _target_addresses(self, material: Material, instances: Sequence[Instance]) -> list[Record]:
+        def make(i: Instance) -> Record:
             rtype = A if i.reg.address.version == 4 else AAAA
-            out.append(Record(self._target(i), rtype, i.reg.dns_ttl, Address(i.reg.address)))
-        return out
+            return address_record(self._target(i), rtype, i.reg.dns_ttl, i.reg.address)
+
+        return material.records(ANY, (), 0, instances, make)
 
     def _ns_address_records(self) -> list[Record]:
         s = self.settings
@@ -560,11 +572,11 @@ class _Lookup:
             scope=scope,
         )
 
-    def _reply(self, kind: Kind, b: _Builder, *, scope: str) -> Reply:
+    def _reply(self, kind: Kind, b: _Builder, *, scope: str, unique: bool = False) -> Reply:
         return Reply(
             kind,
             answer=tuple(b.answer),
-            additional=tuple(_dedupe(b.additional)),
+            additional=tuple(b.additional) if unique else tuple(_dedupe(b.additional)),
             ede=tuple(b.ede),
             scope=scope,
             available=max(b.available, len(b.answer)),

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from dnsreg.core.names import Name, to_text
 
@@ -57,6 +57,9 @@ class Writer:
 
     def record(self, record: Record) -> None:
         self.name(record.owner, owner=True)
+        if record.wire:
+            self.buf += record.wire
+            return
         self.buf += struct.pack("!HHI", record.rtype, IN, record.ttl)
         at = len(self.buf)
         self.buf += b"\0\0"
@@ -180,7 +183,32 @@ class Record:
     rtype: int
     ttl: int
     rdata: RData
+    # Type, class, TTL, RDLENGTH and RDATA already encoded (names in RDATA would need
+    # compression, so only for RDATA without names): the encoder appends it after the owner.
+    wire: bytes = field(default=b"", compare=False, repr=False)
 
     def text(self) -> str:
         kind = TYPE_NAMES.get(self.rtype, f"TYPE{self.rtype}")
         return f"{to_text(self.owner)} {self.ttl} IN {kind} {self.rdata.text()}"
+
+
+def address_record(
+    owner: Name, rtype: int, ttl: int, address: ipaddress.IPv4Address | ipaddress.IPv6Address
+) -> Record:
+    """An A or AAAA record with its wire form made once (answers reuse it per revision)."""
+    packed = address.packed
+    return Record(
+        owner,
+        rtype,
+        ttl,
+        Address(address),
+        struct.pack("!HHIH", rtype, IN, ttl, len(packed)) + packed,
+    )
+
+
+def srv_record(owner: Name, ttl: int, data: SRVData) -> Record:
+    """An SRV record with its wire form made once; the target is never compressed (RFC 2782)."""
+    w = Writer()
+    data.write(w)
+    rdata = bytes(w.buf)
+    return Record(owner, SRV, ttl, data, struct.pack("!HHIH", SRV, IN, ttl, len(rdata)) + rdata)

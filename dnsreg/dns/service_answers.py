@@ -15,17 +15,17 @@ the caller passes in, and validity from the registry's service revision.
 
 from __future__ import annotations
 
-import bisect
 import itertools
 import math
 import random
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from ipaddress import IPv4Address, IPv6Address
 
-from dnsreg.core.model import Instance
+from dnsreg.core.model import Instance, Registration
 from dnsreg.core.names import Name
 from dnsreg.core.registry import Registry
-from dnsreg.dns.records import AAAA, SRV, A
+from dnsreg.dns.records import AAAA, SRV, A, Record
 
 # The largest replies (dns/wire: TCP_LIMIT, EDNS_UDP_LIMIT); wire imports this package's
 # answers module, so the numbers are repeated rather than imported.
@@ -43,9 +43,10 @@ SHUFFLE_MIN = 64
 
 DEFAULT_MAX_ENTRIES = 1024
 # Instances referenced by all cached material together: bounds memory on hostile key sets.
-DEFAULT_MAX_INSTANCES = 400_000
+DEFAULT_MAX_INSTANCES = 250_000
 
 PoolKey = tuple[str, ...]
+RECORD_MEMO = 65536  # records remembered per (type, owner) of one material
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,48 +98,99 @@ class Pool:
 
 
 def _sample(group: Group, need: int, rng: random.Random) -> list[Instance]:
-    members, cumulative, total = group.instances, group.cumulative, group.total
+    members, cumulative = group.instances, group.cumulative
     n = len(members)
-    chosen: set[int] = set()
-    out: list[Instance] = []
-    attempts = 8 * need + 64
-    random_ = rng.random
-    while len(out) < need and attempts:
-        attempts -= 1
-        at = min(bisect.bisect_right(cumulative, random_() * total), n - 1)
-        if at not in chosen:
-            chosen.add(at)
-            out.append(members[at])
+    # The order in which indices first appear in a sequence of independent weighted
+    # draws is a weighted draw without replacement; ``choices`` bisects in C-speed batches.
+    picked: dict[int, None] = {}
+    population = range(n)
+    for _ in range(8):
+        missing = need - len(picked)
+        if missing <= 0:
+            break
+        picked.update(
+            dict.fromkeys(
+                rng.choices(population, cum_weights=cumulative, k=missing + missing // 4 + 8)
+            )
+        )
+    chosen = list(picked)[:need]
     # Weights so skewed that a few heavy instances keep coming back: fill the rest
     # uniformly (need < n / SHUFFLE_FACTOR here, so this ends quickly).
-    while len(out) < need:
+    while len(chosen) < need:
         at = rng.randrange(n)
-        if at not in chosen:
-            chosen.add(at)
-            out.append(members[at])
-    return out
+        if at not in picked:
+            picked[at] = None
+            chosen.append(at)
+    return [members[at] for at in chosen]
 
 
-def _pool(instances: Iterable[Instance], rr_octets: Callable[[Instance], int]) -> Pool:
-    by_priority: dict[int, list[Instance]] = {}
-    ttl: int | None = None
-    smallest: int | None = None
-    for i in instances:
-        by_priority.setdefault(i.reg.priority, []).append(i)
-        reg_ttl = i.reg.dns_ttl
-        ttl = reg_ttl if ttl is None or reg_ttl < ttl else ttl
-        size = rr_octets(i)
-        smallest = size if smallest is None or size < smallest else smallest
+def _pool(instances: Sequence[Instance], min_rr: int) -> Pool:
+    """Group by priority (one pass; a single priority, the usual case, needs no split)."""
+    if not instances:
+        return Pool((), 0, 0, min_rr)
+    regs = [i.reg for i in instances]
+    priorities = {r.priority for r in regs}
+    if len(priorities) == 1:
+        split = [(priorities.pop(), list(instances))]
+    else:
+        by_priority: dict[int, list[Instance]] = {}
+        for i in instances:
+            by_priority.setdefault(i.reg.priority, []).append(i)
+        split = sorted(by_priority.items())
     groups = tuple(
         Group(p, tuple(members), tuple(itertools.accumulate(i.reg.weight for i in members)))
-        for p, members in sorted(by_priority.items())
+        for p, members in split
     )
-    count = sum(len(g.instances) for g in groups)
-    return Pool(groups, count, ttl or 0, smallest or RR_FIXED)
+    return Pool(groups, len(instances), min(r.dns_ttl for r in regs), min_rr)
 
 
 def _name_octets(name: Name) -> int:
     return sum(len(label) + 1 for label in name) + 1
+
+
+class RecordMemo:
+    """Records per instance that outlive a revision: a change rebuilds only what it touched.
+
+    One set per (service, type, owner, TTL, origin); an entry is reused while
+    its instance still carries the same registration object (a re-registration
+    makes a new one). At most ``RECORD_MEMO`` entries per set, more than one
+    reply can carry, and ``max_sets`` sets, least recently used out first.
+    """
+
+    def __init__(self, max_sets: int = 256, per_set: int = RECORD_MEMO) -> None:
+        self.max_sets = max_sets
+        self.per_set = per_set
+        self.sets: dict[tuple[object, ...], dict[str, tuple[Registration, Record]]] = {}
+
+    def records(
+        self,
+        key: tuple[object, ...],
+        chosen: Iterable[Instance],
+        make: Callable[[Instance], Record],
+    ) -> list[Record]:
+        sets = self.sets
+        memo = sets.pop(key, None)
+        if memo is None:
+            memo = {}
+            if len(sets) >= self.max_sets:
+                del sets[next(iter(sets))]
+        sets[key] = memo
+        out: list[Record] = []
+        append = out.append
+        get = memo.get
+        room = self.per_set - len(memo)
+        for i in chosen:
+            reg = i.reg
+            hit = get(reg.id)
+            if hit is not None and hit[0] is reg:
+                append(hit[1])
+                continue
+            record = make(i)
+            if hit is not None or room > 0:
+                memo[reg.id] = (reg, record)
+                room -= hit is None
+            append(record)
+        return out
 
 
 @dataclass(slots=True)
@@ -150,32 +202,50 @@ class Material:
     panic: bool
     origin: Name
     _pools: dict[int, Pool] = field(default_factory=dict)
+    memo: RecordMemo = field(default_factory=lambda: RecordMemo())
+    service: str = ""
+
+    def records(
+        self,
+        rtype: int,
+        owner: Name,
+        ttl: int,
+        chosen: Iterable[Instance],
+        make: Callable[[Instance], Record],
+    ) -> list[Record]:
+        """The records of ``chosen`` (``make`` builds one), reused while they stand."""
+        return self.memo.records((self.service, rtype, owner, ttl, self.origin), chosen, make)
 
     def pool(self, rtype: int) -> Pool:
         """The pool answering ``rtype`` (A: IPv4, AAAA: IPv6, SRV: all), built on first use."""
         found = self._pools.get(rtype)
         if found is None:
             if rtype == SRV:
-                tail = _name_octets(self.origin)
-                found = _pool(
-                    self.instances,
-                    lambda i: RR_FIXED + SRV_FIXED + len(i.reg.id) + len(i.reg.service) + 2 + tail,
-                )
+                # Target: id.service.origin, uncompressed (RFC 2782); the shortest id counts.
+                shortest = min((len(i.reg.id) for i in self.instances), default=1)
+                service = len(self.instances[0].reg.service) if self.instances else 1
+                size = RR_FIXED + SRV_FIXED + shortest + service + 2 + _name_octets(self.origin)
+                found = _pool(self.instances, size)
             else:
-                version = 4 if rtype == A else 6
-                size = RR_FIXED + RDATA_OCTETS.get(rtype, 0)
+                family = IPv4Address if rtype == A else IPv6Address
                 found = _pool(
-                    (i for i in self.instances if i.reg.address.version == version),
-                    lambda _i: size,
+                    [i for i in self.instances if type(i.reg.address) is family],
+                    RR_FIXED + RDATA_OCTETS.get(rtype, 0),
                 )
             self._pools[rtype] = found
         return found
 
 
-def draw_limit(pool: Pool, tcp: bool, max_answers: int | None) -> int:
-    """How many instances to draw: one more than the largest reply can hold, at most."""
-    limit = TCP_REPLY_LIMIT if tcp else UDP_REPLY_LIMIT
-    k = (limit - HEADER_OCTETS) // pool.min_rr + 1
+def reply_room(tcp: bool) -> int:
+    """Octets the answer section of the largest reply over this transport may fill."""
+    return (TCP_REPLY_LIMIT if tcp else UDP_REPLY_LIMIT) - HEADER_OCTETS
+
+
+def draw_limit(pool: Pool, room: int, max_answers: int | None) -> int:
+    """How many instances to draw: one more than ``room`` octets can hold, at most."""
+    if room <= 0:
+        return 0
+    k = room // pool.min_rr + 1
     if max_answers is not None:
         k = min(k, max_answers)
     return min(k, pool.count)
@@ -196,6 +266,7 @@ class MaterialCache:
         self.entries: dict[tuple[str, PoolKey, Name], Material] = {}
         self.instances = 0
         self.builds = 0
+        self.memo = RecordMemo()
 
     def get(
         self,
@@ -224,7 +295,9 @@ class MaterialCache:
             # The panic verdict is the whole service's: take it from the service's own material.
             whole = self.get(registry, service, (), lambda: None, origin)
             served = registry.served(service, pool, panic=whole.panic)
-        material = Material(stamp, served.instances, served.panic, origin)
+        material = Material(
+            stamp, served.instances, served.panic, origin, memo=self.memo, service=service
+        )
         self.builds += 1
         self._make_room(len(material.instances))
         entries[cache_key] = material

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from dnsreg.core.names import MAX_NAME_OCTETS, Name
 from dnsreg.dns.answers import Kind, Reply
-from dnsreg.dns.records import IXFR, OPT, SOA, TSIG, Writer
+from dnsreg.dns.records import IXFR, OPT, SOA, TSIG, SRVData, Writer
 
 HEADER = struct.Struct("!HHHHHH")
 QR = 0x8000
@@ -28,6 +28,8 @@ EDE_OTHER = 0  # RFC 8914 §4.1
 PLAIN_UDP_LIMIT = 512  # RFC 1035 §4.2.1
 EDNS_UDP_LIMIT = 1232  # DNS flag day 2020: fits the IPv6 minimum MTU without fragments
 TCP_LIMIT = 65535
+QUESTION_POINTER = b"\xc0\x0c"  # RFC 1035 §4.1.4: the question's name sits at offset 12
+SRV_TARGET_AT = 2 + 10 + 6  # owner pointer, type/class/TTL/RDLENGTH, priority/weight/port
 
 
 class Rcode(enum.IntEnum):
@@ -265,9 +267,19 @@ def encode_reply(query: Query, reply: Reply, limit: int) -> bytes:
         at += 1 + len(query.qname[i])
     buf = w.buf
     marks: list[int] = []
+    qname = query.qname
     for record in reply.answer:
         mark = len(buf)
-        w.record(record)
+        if record.wire and record.owner == qname:
+            # Pre-encoded, owned by the question's name: a pointer to it (offset 12).
+            buf += QUESTION_POINTER
+            buf += record.wire
+            rdata = record.rdata
+            if isinstance(rdata, SRVData) and mark + SRV_TARGET_AT < 0x3FFF:
+                # The (uncompressed, RFC 2782) target: its address records may point here.
+                w.offsets.setdefault(rdata.target, mark + SRV_TARGET_AT)
+        else:
+            w.record(record)
         if len(buf) > room:
             del buf[mark:]  # records only point backwards: what precedes stays valid
             break
@@ -293,9 +305,15 @@ def encode_reply(query: Query, reply: Reply, limit: int) -> bytes:
         header = HEADER.pack(query.id, flags | TC, 1, 0, 0, 1 if opt else 0)
         return header + query.question + opt
     additional = 0
+    offsets = w.offsets
     for record in reply.additional:
         mark = len(buf)
-        w.record(record)
+        pointer = offsets.get(record.owner) if record.wire else None
+        if pointer is not None:
+            buf += (0xC000 | pointer).to_bytes(2, "big")
+            buf += record.wire
+        else:
+            w.record(record)
         if len(buf) > room:
             del buf[mark:]  # nothing after this record can point into it
             break
