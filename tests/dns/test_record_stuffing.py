@@ -22,8 +22,9 @@ from dnsreg.core.model import Registration
 from tests.helpers import make_config, start_server, tcp_raw, udp_raw
 
 ZONE = "service.local"
-# Loose enough for a loaded CI machine; the real figures are in bench/answer_cost.py.
-OTHERS_WITHIN = 0.2
+# Loose enough for a loaded 2-core machine shared by many jobs (the real figure, ~35 ms
+# of loop lag at 50 000, goes in the bench: bench/answer_cost.py, P6).
+OTHERS_WITHIN = 0.3
 
 
 def address(n: int) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
