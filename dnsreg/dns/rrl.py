@@ -97,17 +97,17 @@ def network_of_host(host: str) -> bytes:
     return address.packed[:V6_PREFIX_OCTETS]
 
 
-def network_of_sockaddr(raw: bytes) -> bytes:
+def network_of_sockaddr(raw: bytes | memoryview) -> bytes:
     """The same, from a raw ``struct sockaddr_in``/``sockaddr_in6`` (Linux layout)."""
     family = raw[0] | (raw[1] << 8)
     if family == AF_INET:
-        return raw[4 : 4 + V4_PREFIX_OCTETS]
+        return bytes(raw[4 : 4 + V4_PREFIX_OCTETS])
     if family == AF_INET6:
-        address = raw[8:24]
+        address = bytes(raw[8:24])
         if address[:12] == b"\0" * 10 + b"\xff\xff":  # IPv4-mapped: limit as IPv4
             return address[12 : 12 + V4_PREFIX_OCTETS]
         return address[:V6_PREFIX_OCTETS]
-    return raw[:8]
+    return bytes(raw[:8])
 
 
 def slip_reply(reply: bytes) -> bytes:

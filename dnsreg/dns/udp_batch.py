@@ -105,6 +105,7 @@ class BatchIO:
             shdr.msg_iov = ctypes.pointer(self.siov[i])
             shdr.msg_iovlen = 1
         self.rview = memoryview(self.rbuf).cast("B")
+        self.nview = memoryview(self.names).cast("B")
         self.sview = memoryview(self.sbuf).cast("B")
         self.rmeta = memoryview(self.rmsgs).cast("B")
         self.smeta = memoryview(self.smsgs).cast("B")
@@ -140,6 +141,7 @@ class BatchIO:
             self.len_at, self.namelen_at, self.name_at, self.iov_len_at
         )  # fmt: skip
         nbase = self.nbase
+        nview = self.nview
         out = 0
         for i in range(count):
             (size,) = unpack("I", rmeta, len_at[i])
@@ -157,7 +159,7 @@ class BatchIO:
                 continue
             if limiter is not None:
                 base = i * SOCKADDR
-                verdict = limiter.check(network_of_sockaddr(self.names.raw[base : base + 24]), now)
+                verdict = limiter.check(network_of_sockaddr(nview[base : base + 24]), now)
                 if verdict is not Verdict.SEND:
                     if verdict is Verdict.DROP:
                         continue
