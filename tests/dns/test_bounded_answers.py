@@ -1,0 +1,163 @@
+"""Bounded answers, pure: the builder draws a bounded weighted subset once per revision
+of a service's material, the encoder fits it, and memory stays bounded."""
+
+from __future__ import annotations
+
+import ipaddress
+import random
+from collections import Counter
+
+import dns.edns
+import dns.flags
+import dns.message
+
+from dnsreg.core.model import Registration
+from dnsreg.core.names import parse_name
+from dnsreg.core.registry import Registry
+from dnsreg.dns.answer_cache import VARIANTS, variants_for
+from dnsreg.dns.answers import Question, Settings, answer
+from dnsreg.dns.records import SRV, A
+from dnsreg.dns.responder import Responder
+from dnsreg.dns.service_answers import MaterialCache
+from dnsreg.dns.zones import StaticZones
+
+ORIGIN = parse_name("service.local")
+
+
+def registry_of(count: int, *, heavy: int = 0, priority_split: bool = False) -> Registry:
+    registry = Registry()
+    for n in range(count):
+        registry.register(
+            Registration(
+                "big",
+                f"i{n}",
+                ipaddress.IPv4Address(f"10.{n >> 16 & 255}.{n >> 8 & 255}.{n & 255}"),
+                80,
+                weight=100 if n < heavy else 1,
+                priority=(n % 2) if priority_split else 0,
+                ttl=0,
+            ),
+            now=0.0,
+        )
+    return registry
+
+
+def test_max_answers_caps_srv_too() -> None:
+    registry = registry_of(50)
+    settings = Settings(origin=ORIGIN, max_answers=7)
+    reply = answer(
+        Question(("big", *ORIGIN), SRV, tcp=True),
+        registry,
+        StaticZones(),
+        settings,
+        random.Random(1),
+    )
+    assert len(reply.answer) == 7
+    assert len(reply.additional) == 7  # glue for exactly the chosen targets
+    assert reply.available == 7  # a configured cap is not a truncation: no "N of M"
+
+
+def test_the_draw_is_bounded_by_what_a_reply_can_hold() -> None:
+    registry = registry_of(20_000)
+    settings = Settings(origin=ORIGIN)
+    rng = random.Random(2)
+    udp = answer(Question(("big", *ORIGIN), A), registry, StaticZones(), settings, rng)
+    tcp = answer(Question(("big", *ORIGIN), A, tcp=True), registry, StaticZones(), settings, rng)
+    assert udp.available == tcp.available == 20_000
+    assert len(udp.answer) <= 1232 // 16 + 1
+    assert 65535 // 16 <= len(tcp.answer) <= 65535 // 16 + 1
+    assert len({r.rdata for r in tcp.answer}) == len(tcp.answer), "no instance twice"
+
+
+def test_lower_priority_first_and_weights_steer_the_subset() -> None:
+    registry = registry_of(20_000, heavy=100, priority_split=True)
+    settings = Settings(origin=ORIGIN)
+    rng = random.Random(3)
+    memo = MaterialCache()
+    seen: Counter[str] = Counter()
+    for _ in range(30):
+        reply = answer(
+            Question(("big", *ORIGIN), SRV), registry, StaticZones(), settings, rng, memo
+        )
+        assert all(r.rdata.priority == 0 for r in reply.answer)  # type: ignore[union-attr]
+        seen.update("heavy" if int(r.rdata.target[0][1:]) < 100 else "light" for r in reply.answer)  # type: ignore[union-attr]
+    # 50 heavy (weight 100) of 10 000 at priority 0: a third of the weight, so about a
+    # third of what is drawn; uniformly it would be 0.5 %.
+    assert seen["heavy"] / sum(seen.values()) > 0.2
+    assert memo.builds == 1, "material built once for the revision"
+
+
+def test_material_is_rebuilt_when_and_only_when_the_service_changes() -> None:
+    registry = registry_of(100)
+    registry.register(
+        Registration("other", "o", ipaddress.IPv4Address("10.9.9.9"), 80, ttl=0), now=0.0
+    )
+    memo = MaterialCache()
+    settings = Settings(origin=ORIGIN)
+
+    def ask(service: str) -> None:
+        answer(
+            Question((service, *ORIGIN), A),
+            registry,
+            StaticZones(),
+            settings,
+            random.Random(),
+            memo,
+        )
+
+    ask("big")
+    ask("big")
+    ask("other")
+    assert memo.builds == 2
+    registry.register(
+        Registration("other", "p", ipaddress.IPv4Address("10.9.9.8"), 80, ttl=0), now=0.0
+    )
+    ask("big")
+    assert memo.builds == 2, "a change elsewhere leaves this service's material alone"
+    registry.register(
+        Registration("big", "new", ipaddress.IPv4Address("10.9.9.7"), 80, ttl=0), now=0.0
+    )
+    ask("big")
+    assert memo.builds == 3
+
+
+def test_material_cache_is_bounded_in_instances() -> None:
+    registry = registry_of(1_000)
+    memo = MaterialCache(max_instances=2_500)
+    settings = Settings(origin=ORIGIN)
+    for n in range(10):  # ten revisions x two keys, each 1 000 instances
+        registry.register(
+            Registration("big", f"x{n}", ipaddress.IPv4Address("10.9.0.1"), 1, ttl=0), now=0.0
+        )
+        answer(
+            Question(("big", *ORIGIN), A), registry, StaticZones(), settings, random.Random(), memo
+        )
+    assert memo.instances <= 2_500
+
+
+def test_big_replies_keep_fewer_variants_and_the_cache_stays_within_its_bytes() -> None:
+    assert variants_for(200) == VARIANTS
+    assert variants_for(65535) == 4
+    registry = registry_of(6_000)
+    responder = Responder(registry, StaticZones(), Settings(origin=ORIGIN), random.Random(4))
+    responder.cache.max_bytes = 300_000
+    for payload in range(20):  # distinct keys: plain and EDNS, TCP, each ~64 KiB
+        q = dns.message.make_query("big.service.local", "A", use_edns=0, payload=512 + payload)
+        for _ in range(6):
+            wire = responder.respond(q.to_wire(), tcp=True)
+            assert wire is not None
+    assert responder.cache.bytes <= 300_000 + 4 * 65535 + 65535
+
+
+def test_tcp_reply_says_n_of_m_and_udp_sets_tc() -> None:
+    registry = registry_of(6_000)
+    responder = Responder(registry, StaticZones(), Settings(origin=ORIGIN), random.Random(5))
+    q = dns.message.make_query("big.service.local", "A", use_edns=0)
+    tcp = dns.message.from_wire(responder.respond(q.to_wire(), tcp=True) or b"")
+    n = len(tcp.answer[0])
+    assert not tcp.flags & dns.flags.TC
+    texts = [o.text for o in tcp.options if isinstance(o, dns.edns.EDEOption)]
+    assert texts == [f"{n} of 6000 records"]
+    udp = dns.message.from_wire(responder.respond(q.to_wire(), tcp=False) or b"")
+    assert udp.flags & dns.flags.TC
+    assert 0 < len(udp.answer[0]) < n
