@@ -38,8 +38,6 @@ from dnsreg.dns.records import (
     SRVData,
     Target,
     TXTData,
-    address_record,
-    srv_record,
 )
 from dnsreg.dns.service_answers import Material, MaterialCache, PoolKey, draw_limit, reply_room
 from dnsreg.dns.zones import StaticZone, StaticZones
@@ -328,9 +326,9 @@ class _Lookup:
             chosen = pool.draw(draw_limit(pool, room, cap), self.rng)
             room -= len(chosen) * pool.min_rr
             b.available += pool.count if cap is None else min(cap, pool.count)
-            b.answer.extend(self._records_for(material, chosen, rtype, qname, pool.ttl))
+            b.answer.extend(material.answer_records(chosen, rtype, qname, pool.ttl))
             if rtype == SRV:
-                b.additional.extend(self._target_addresses(material, chosen))
+                b.additional.extend(material.target_addresses(chosen))
         if not b.answer:
             return self._negative(Kind.NODATA, ede=b.ede)
         # One address record per distinct instance target: nothing to deduplicate.
@@ -481,40 +479,6 @@ class _Lookup:
         if not self.tcp:
             return sets[0]  # RFC 8482 §4.1
         return [r for rs in sets for r in rs]
-
-    def _records_for(
-        self, material: Material, instances: Sequence[Instance], rtype: int, qname: Name, ttl: int
-    ) -> list[Record]:
-        # RFC 2181 §5.2: every record of an RRset carries the same TTL (the pool's smallest).
-        if rtype in (A, AAAA):
-            return material.records(
-                rtype,
-                qname,
-                ttl,
-                instances,
-                lambda i: address_record(qname, rtype, ttl, i.reg.address),
-            )
-        if rtype == SRV:
-            return material.records(
-                SRV,
-                qname,
-                ttl,
-                instances,
-                lambda i: srv_record(
-                    qname, ttl, SRVData(i.reg.priority, i.reg.weight, i.reg.port, self._target(i))
-                ),
-            )
-        return []
-
-    def _target(self, instance: Instance) -> Name:
-        return (instance.reg.id, instance.reg.service, *self.settings.origin)
-
-    def _target_addresses(self, material: Material, instances: Sequence[Instance]) -> list[Record]:
-        def make(i: Instance) -> Record:
-            rtype = A if i.reg.address.version == 4 else AAAA
-            return address_record(self._target(i), rtype, i.reg.dns_ttl, i.reg.address)
-
-        return material.records(ANY, (), 0, instances, make)
 
     def _ns_address_records(self) -> list[Record]:
         s = self.settings

@@ -25,7 +25,16 @@ from ipaddress import IPv4Address, IPv6Address
 from dnsreg.core.model import Instance, Registration
 from dnsreg.core.names import Name
 from dnsreg.core.registry import Registry
-from dnsreg.dns.records import AAAA, SRV, A, Record
+from dnsreg.dns.records import (
+    AAAA,
+    ANY,
+    SRV,
+    A,
+    Record,
+    SRVData,
+    address_record,
+    srv_record,
+)
 
 # The largest replies (dns/wire: TCP_LIMIT, EDNS_UDP_LIMIT); wire imports this package's
 # answers module, so the numbers are repeated rather than imported.
@@ -215,6 +224,44 @@ class Material:
     ) -> list[Record]:
         """The records of ``chosen`` (``make`` builds one), reused while they stand."""
         return self.memo.records((self.service, rtype, owner, ttl, self.origin), chosen, make)
+
+    def answer_records(
+        self, instances: Sequence[Instance], rtype: int, qname: Name, ttl: int
+    ) -> list[Record]:
+        """A, AAAA or SRV records of ``instances`` owned by ``qname``."""
+        # RFC 2181 §5.2: every record of an RRset carries the same TTL (the pool's smallest).
+        if rtype in (A, AAAA):
+            return self.records(
+                rtype,
+                qname,
+                ttl,
+                instances,
+                lambda i: address_record(qname, rtype, ttl, i.reg.address),
+            )
+        if rtype == SRV:
+            return self.records(
+                SRV,
+                qname,
+                ttl,
+                instances,
+                lambda i: srv_record(
+                    qname, ttl, SRVData(i.reg.priority, i.reg.weight, i.reg.port, self.target(i))
+                ),
+            )
+        return []
+
+    def target(self, instance: Instance) -> Name:
+        """The SRV target of an instance: ``<id>.<service>.<zone>``."""
+        return (instance.reg.id, instance.reg.service, *self.origin)
+
+    def target_addresses(self, instances: Sequence[Instance]) -> list[Record]:
+        """The address records of SRV targets, for the additional section."""
+
+        def make(i: Instance) -> Record:
+            rtype = A if type(i.reg.address) is IPv4Address else AAAA
+            return address_record(self.target(i), rtype, i.reg.dns_ttl, i.reg.address)
+
+        return self.records(ANY, (), 0, instances, make)
 
     def pool(self, rtype: int) -> Pool:
         """The pool answering ``rtype`` (A: IPv4, AAAA: IPv6, SRV: all), built on first use."""
