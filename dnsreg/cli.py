@@ -8,6 +8,8 @@ import logging
 import sys
 from collections.abc import Sequence
 
+import argcomplete
+
 from dnsreg import __version__
 from dnsreg.acl_cli import add_acl_command, run_acl_command
 from dnsreg.client.commands import COMMANDS, add_commands, run_command
@@ -50,7 +52,10 @@ def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         "--stale-after", dest="stale_after", metavar="DURATION",
         help="etcd store: mark DNS answers stale after this long without etcd (10s)",
     )  # fmt: skip
-    p.add_argument("--log-level", dest="log_level", choices=["debug", "info", "warning", "error"])
+    p.add_argument(
+        "--log-level", dest="log_level", choices=["debug", "info", "warning", "error"],
+        help="least severe log lines to write (info)",
+    )  # fmt: skip
     _tls_flags(p)
 
 
@@ -88,6 +93,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     _serve_parser(sub)
     add_commands(sub)
     add_acl_command(sub)
+    # Tab completion (`dnsreg completion bash`): answers and exits only when the shell
+    # hook set _ARGCOMPLETE; otherwise it returns at once.
+    argcomplete.autocomplete(parser)
     args = parser.parse_args(argv)
     if args.command == "serve":
         return _serve(vars(args))

@@ -28,6 +28,7 @@ from dnsreg.core.model import Instance
 from dnsreg.core.names import check_label
 from dnsreg.core.registry import Registry
 from dnsreg.http.auth import Auth
+from dnsreg.http.drain import DrainRoute
 from dnsreg.http.events import EventHub
 from dnsreg.http.explain import Explainer, add_explain_route
 from dnsreg.http.listing import Listing
@@ -147,6 +148,10 @@ class Api:
         r.add_delete(base, write("deregister", self.deregister))
         r.add_put(base + "/heartbeat", write("heartbeat", self.heartbeat))
         r.add_put(base + "/maintenance", write("maintenance", self.maintenance))
+        drain = DrainRoute(
+            registry, store, read_body=self._body, view=self._instance_view, respond=json_response
+        )
+        r.add_put(base + "/drain", write("drain", drain.handle))
         # Reads take ?index=&wait= (SPEC §5); writes skip that layer, which costs
         # measurable time per heartbeat.
         r.add_get("/v1/services", self._blocking(self.list_services))
