@@ -14,6 +14,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -402,3 +403,34 @@ def test_bash_completes_with_the_printed_script() -> None:
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["on", "off"]
+
+
+def put(server: Process, path: str, body: bytes | None) -> tuple[int, Any]:
+    headers = {"Content-Type": "application/json"} if body is not None else {}
+    request = urllib.request.Request(server.base + path, data=body, method="PUT", headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=5) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as err:
+        with err:
+            return err.code, json.loads(err.read())
+
+
+def test_drain_route_answers_at_once_with_the_wait(server: Process) -> None:
+    register(server, "hd", "hd-1", "--ttl", "0", "--dns-ttl", "7")
+    path = "/v1/services/hd/instances/hd-1/drain"
+    status, body = put(server, path, b'{"bogus": 1}')
+    assert status == 400
+    assert body["detail"]["field"] == "bogus"
+    assert addresses(server, "hd.service.local") == ["10.0.0.5"]  # nothing changed
+    before = time.time()
+    status, body = put(server, path, b'{"reason": "deploy 42"}')
+    assert status == 200, body
+    assert body["wait"] == 7
+    assert body["was_served"] is True
+    assert before + 7 <= body["drained_at"] <= time.time() + 7
+    assert body["instance"]["maintenance"] == {"enabled": True, "reason": "deploy 42"}
+    assert addresses(server, "hd.service.local") == []
+    status, body = put(server, "/v1/services/hd/instances/nope/drain", None)
+    assert status == 404
+    assert "nope" in body["error"]
