@@ -434,3 +434,12 @@ def test_drain_route_answers_at_once_with_the_wait(server: Process) -> None:
     status, body = put(server, "/v1/services/hd/instances/nope/drain", None)
     assert status == 404
     assert "nope" in body["error"]
+
+
+def test_https_to_a_plain_http_server_says_so(server: Process) -> None:
+    result = dnsreg("status", api=f"https://127.0.0.1:{server.http_port}")
+    assert result.returncode == 1
+    assert result.stderr == (
+        f"dnsreg: cannot reach https://127.0.0.1:{server.http_port}: the server does not "
+        f"speak TLS there (is it plain HTTP? try --api http://127.0.0.1:{server.http_port})\n"
+    )

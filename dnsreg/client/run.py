@@ -192,7 +192,11 @@ async def run(
             await asyncio.wait([ready, exited], return_when=asyncio.FIRST_COMPLETED)
             if not ready.done():
                 ready.cancel()
-                log.info("%s exited before it listened; never registered", command[0])
+                log.info(
+                    "%s exited before it listened on port %d; never registered",
+                    command[0],
+                    spec.port,
+                )
                 return exit_status(await exited)
         lease = client.registration(spec, require_server=False)
         await lease.start()
