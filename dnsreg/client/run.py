@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable, Sequence
 
 from dnsreg.client.client import Client
-from dnsreg.client.ports import PortOwner, port_state
+from dnsreg.client.ports import PortOwner, PortState, port_state
 from dnsreg.client.registration import InstanceSpec
 from dnsreg.core.drain import start_timer
 from dnsreg.core.errors import DnsregError
@@ -33,6 +33,7 @@ log = logging.getLogger("dnsreg.run")
 
 FORWARDED = (signal.SIGTERM, signal.SIGINT)
 READY_POLL = 0.05  # seconds between looks while CMD starts
+FOREIGN_POLL = 0.5  # seconds between looks while another process holds the port
 READY_NOTICE = 3.0  # say that we are still waiting after this long ...
 READY_NOTICE_EVERY = 10.0  # ... and again at this interval while it lasts
 
@@ -42,28 +43,17 @@ def exit_status(returncode: int) -> int:
     return 128 - returncode if returncode < 0 else returncode
 
 
-async def wait_until_listening(host: str, port: int) -> None:
-    """Return once ``host:port`` accepts a TCP connection (CMD is another process: poll)."""
-    started = time.monotonic()
-    noticed = False
-    while True:
-        try:
+async def accepting(host: str, port: int) -> bool:
+    """Does ``host:port`` accept a TCP connection right now?"""
+    try:
+        async with asyncio.timeout(1.0):
             _, writer = await asyncio.open_connection(host, port)
-        except OSError:
-            if not noticed and time.monotonic() - started > READY_NOTICE:
-                log.warning(
-                    "still waiting for %s:%d to accept connections before registering "
-                    "(--no-wait registers at once)",
-                    host,
-                    port,
-                )
-                noticed = True
-            await asyncio.sleep(READY_POLL)
-            continue
-        writer.close()
-        with contextlib.suppress(OSError):
-            await writer.wait_closed()
-        return
+    except (OSError, TimeoutError):
+        return False
+    writer.close()
+    with contextlib.suppress(OSError):
+        await writer.wait_closed()
+    return True
 
 
 class Notices:
@@ -99,10 +89,17 @@ async def wait_for_own_port(
     waiting = Notices(started, first=notice_after, every=notice_every)
     foreign: str | None = None
     while True:
-        state = port_state(port, pid, address=ip)
-        if state.owner is PortOwner.UNKNOWN:  # no /proc: a connection is the best we have
-            await wait_until_listening(address or "127.0.0.1", port)
-            return
+        # A refused connection means nobody listens, for a fraction of a millisecond;
+        # reading /proc/net/tcp costs milliseconds per thousand sockets on the machine,
+        # so it is read only once something accepts.
+        if not await accepting(address or "127.0.0.1", port):
+            state = PortState(PortOwner.NOBODY)
+        else:
+            state = port_state(port, pid, address=ip)
+            if state.owner in (PortOwner.UNKNOWN, PortOwner.NOBODY):
+                # No /proc here, or the listener is out of its sight (another network
+                # namespace): a connection that was accepted is the best evidence left.
+                return
         if state.owner is PortOwner.CHILD:
             if foreign is not None:
                 log.info("port %d is now held by the command; registering", port)
@@ -126,7 +123,8 @@ async def wait_for_own_port(
                     "(%.0fs so far) before registering; --no-wait registers at once",
                     port, now - started,
                 )  # fmt: skip
-        await asyncio.sleep(poll)
+        # Another holder rarely lets go soon, and each look at it reads /proc: look less.
+        await asyncio.sleep(poll if foreign is None else max(poll, FOREIGN_POLL))
 
 
 async def run(
