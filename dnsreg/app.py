@@ -167,6 +167,7 @@ class Server:
                 events_keepalive=cfg.events_keepalive,
                 explain=self.explain,
                 body_timeout=cfg.http_body_timeout,
+                admission=cfg.admission,
             )
             self.api = api
             # Consul's routes (SPEC §5) over the same registry, store and blocking layer.

@@ -209,6 +209,10 @@ class Instance:
     revision: int  # the registry revision of the last change to this instance
     checks: tuple[CheckStatus, ...] = ()
     maintenance: str | None = None  # reason, when in maintenance
+    #: The lease was renewed (heartbeat or re-registration) at least once since it
+    #: was granted. Only such leases count toward self-preservation (SPEC §7): a
+    #: burst of throw-away registrations that never renew must not pause expiry.
+    renewed: bool = False
 
     @property
     def health(self) -> Health:
