@@ -112,7 +112,12 @@ class Server:
             # 1b. Health checks of what the store holds, and panic-mode logging.
             self.panic_watch = PanicWatch(self.registry)
             self.panic_watch.start(self.store)
-            self.checker = Checker(self.store, concurrency=cfg.check_concurrency, clock=self.clock)
+            self.checker = Checker(
+                self.store,
+                concurrency=cfg.check_concurrency,
+                per_address=cfg.checks_per_address,
+                clock=self.clock,
+            )
             await self.checker.start()
             # 2. Static zones, checked against what the store brought back.
             self.static = self._load_zones()

@@ -101,6 +101,7 @@ class Config:
     allowed_networks: tuple[IPNetwork, ...] = ()
     checks_any_host: bool = False  # checks may target hosts other than their instance
     check_min_interval: float = MIN_CHECK_INTERVAL
+    checks_per_address: int = 1  # probes in flight at once per target address
 
     @property
     def admission(self) -> AdmissionPolicy:
@@ -213,10 +214,10 @@ def _coerce(name: str, value: Any) -> Any:
             if not 0.0 < guard < 1.0:
                 raise ConfigError("expiry_guard: must be a fraction in (0, 1), or 'off'")
             return guard
-        if name == "check_concurrency":
+        if name in ("check_concurrency", "checks_per_address"):
             concurrency = int(value)
             if concurrency < 1:
-                raise ConfigError("check_concurrency: must be at least 1")
+                raise ConfigError(f"{name}: must be at least 1")
             return concurrency
         if name == "stale_after":
             return parse_duration(value, field="stale_after")

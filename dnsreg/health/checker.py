@@ -67,6 +67,7 @@ class Checker:
         store: Store,
         *,
         concurrency: int = DEFAULT_CONCURRENCY,
+        per_address: int = 1,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.store = store
@@ -77,7 +78,7 @@ class Checker:
         self._slots = asyncio.Semaphore(concurrency)
         # SPEC §7: at most one probe in flight per target host, so many
         # registrations aimed at one host cannot make the checker a flood.
-        self._hosts = HostTurns()
+        self._hosts = HostTurns(per_address)
         self._tasks: dict[Key, list[asyncio.Task[None]]] = {}
         self._closing = False
         # TTL checks sleep on these between their deadlines; a report sets them.
@@ -277,9 +278,9 @@ class Checker:
                 async with asyncio.timeout(check.timeout):
                     if check.kind == "http":
                         target = target or HttpTarget.parse(check.target)
-                        health, output = await self._http(target)
+                        health, output = await self._http(target, check.connect_to)
                     else:
-                        health, output = await self._tcp(check.target)
+                        health, output = await self._tcp(check.target, check.connect_to)
             except TimeoutError:
                 health = Health.CRITICAL
                 output = f"{_what(check)}: timed out after {format_duration(check.timeout)}"
@@ -307,15 +308,15 @@ class Checker:
                 _describe(exc), self.local_errors, _what(check),
             )  # fmt: skip
 
-    async def _http(self, target: HttpTarget) -> tuple[Health, str]:
-        answer = await self._get(target)
+    async def _http(self, target: HttpTarget, connect_to: str | None) -> tuple[Health, str]:
+        answer = await self._get(target, connect_to)
         # SPEC §7: the status line only. The body (and the server's own reason
         # phrase) is the target's data, and check output is shown to anyone who
         # can read the API, the log or the event stream: an internal URL's
         # secret must not come back through it.
         return http_verdict(answer.status), f"HTTP GET {target.url}: {status_line(answer.status)}"
 
-    async def _get(self, target: HttpTarget) -> HttpAnswer:
+    async def _get(self, target: HttpTarget, connect_to: str | None = None) -> HttpAnswer:
         loop = asyncio.get_running_loop()
         answered: asyncio.Future[HttpAnswer] = loop.create_future()
         tls: ssl.SSLContext | None = None
@@ -325,7 +326,7 @@ class Checker:
             tls = self._tls
         transport, _ = await loop.create_connection(
             lambda: _HttpProbe(target.request, answered),
-            target.host,
+            connect_to or target.host,
             target.port,
             ssl=tls,
             server_hostname=target.host if tls is not None else None,
@@ -335,10 +336,12 @@ class Checker:
         finally:
             transport.close()  # at once, also on timeout: the rest of the body is not needed
 
-    async def _tcp(self, target: str) -> tuple[Health, str]:
+    async def _tcp(self, target: str, connect_to: str | None = None) -> tuple[Health, str]:
         host, _, port = target.rpartition(":")
         loop = asyncio.get_running_loop()
-        transport, _ = await loop.create_connection(asyncio.Protocol, host.strip("[]"), int(port))
+        transport, _ = await loop.create_connection(
+            asyncio.Protocol, connect_to or host.strip("[]"), int(port)
+        )
         transport.close()
         return Health.PASSING, f"TCP connect {target}: success"
 
@@ -423,6 +426,8 @@ class _HttpProbe(asyncio.Protocol):
 
 
 def _host_of(check: Check, target: HttpTarget | None) -> str:
+    if check.connect_to is not None:
+        return host_of(check.connect_to)
     if target is not None:
         return host_of(target.host)
     return host_of(check.target.rpartition(":")[0] if check.kind == "tcp" else check.target)

@@ -6,8 +6,8 @@ shown by the API, the log and the event stream, so it carries what the
 of failure (``connection refused``, ``timed out``, ``TLS error``) — and never
 bytes the target sent: no body, no reason phrase of its own, no banner.
 
-:class:`HostTurns` lets one probe at a time reach a given host, however many
-registrations point their checks at it.
+:class:`HostTurns` lets one probe at a time (config ``checks_per_address``)
+reach a given host, however many registrations point their checks at it.
 """
 
 from __future__ import annotations
@@ -72,29 +72,32 @@ def host_of(host: str) -> str:
 
 
 class HostTurns:
-    """One turn at a time per host: a lock per host, dropped when nobody waits.
+    """At most ``limit`` turns at a time per host (SPEC §7: 1 by default).
 
-    Only hosts with a probe running or queued hold a lock, so the map stays as
-    small as the set of hosts being checked right now.
+    A semaphore per host, dropped when nobody holds or waits for it, so the
+    map stays as small as the set of hosts being checked right now.
     """
 
-    def __init__(self) -> None:
-        self._locks: dict[str, tuple[asyncio.Lock, list[int]]] = {}
+    def __init__(self, limit: int = 1) -> None:
+        if limit < 1:
+            raise ValueError("limit: at least 1")
+        self.limit = limit
+        self._gates: dict[str, tuple[asyncio.Semaphore, list[int]]] = {}
 
     def __len__(self) -> int:
-        return len(self._locks)
+        return len(self._gates)
 
     @contextlib.asynccontextmanager
     async def turn(self, host: str) -> AsyncIterator[None]:
-        entry = self._locks.get(host)
+        entry = self._gates.get(host)
         if entry is None:
-            entry = self._locks[host] = (asyncio.Lock(), [0])
-        lock, users = entry
+            entry = self._gates[host] = (asyncio.Semaphore(self.limit), [0])
+        gate, users = entry
         users[0] += 1
         try:
-            async with lock:
+            async with gate:
                 yield
         finally:
             users[0] -= 1
             if not users[0]:
-                del self._locks[host]
+                del self._gates[host]

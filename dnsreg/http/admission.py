@@ -11,6 +11,7 @@ body validated.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import ipaddress
 import socket
 
@@ -41,15 +42,21 @@ async def resolve_host(host: str, *, within: float = RESOLVE_TIMEOUT) -> list[IP
 
 async def admit_checks(
     reg: Registration, *, any_host: bool, within: float = RESOLVE_TIMEOUT
-) -> None:
-    """Refuse (InvalidInput, 400 naming the field) a check that targets another host.
+) -> Registration:
+    """``reg``, its checks vetted: InvalidInput (400 naming the field) for a check that
+    targets another host. A check whose host is a name is pinned to the instance's
+    address (``Check.connect_to``), so what the name resolves to later does not matter.
 
-    ``any_host``: the operator allowed it (config ``checks_any_host``, or an
-    operator token): nothing is looked up then.
+    ``any_host``: the operator allowed other hosts (config ``checks_any_host``, or an
+    operator token): nothing is looked up or pinned then.
     """
-    if any_host:
-        return
+    if any_host or not reg.checks:
+        return reg
+    checks = []
     for index, check in enumerate(reg.checks):
+        if check.kind == "ttl":  # reported by the service itself: connects nowhere
+            checks.append(check)
+            continue
         host = check_host(check)
         field = check_field(check, index)
         try:
@@ -61,3 +68,7 @@ async def admit_checks(
         except (OSError, UnicodeError) as exc:
             raise InvalidInput(f"{field}: the host {host!r} does not resolve", field=field) from exc
         check_host_addresses(check, index, reg.address, resolved)
+        if as_ip(host) is None:
+            check = dataclasses.replace(check, connect_to=str(reg.address))
+        checks.append(check)
+    return dataclasses.replace(reg, checks=tuple(checks))

@@ -209,7 +209,7 @@ class Api:
         service, instance_id = self._names(request)
         body: RegisterBody = decode_body(await self._body(request), RegisterBody)
         reg = to_registration(service, instance_id, body, request.remote, self.admission)
-        await admit_checks(reg, any_host=self._checks_any_host(request))
+        reg = await admit_checks(reg, any_host=self._checks_any_host(request))
         change = await self.store.register(reg)
         assert change.after is not None
         created = change.before is None

@@ -127,10 +127,11 @@ async def test_error_kinds_instead_of_what_the_target_said(running: Running) -> 
     r = running
 
     async def banner(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await reader.readuntil(b"\r\n\r\n")  # read the request: a close, not a reset
-        writer.write(f"SSH-2.0-{SECRET}\r\n\r\n".encode())
-        await writer.drain()
-        writer.close()
+        try:
+            await reader.readuntil(b"\r\n\r\n")  # read the request: a close, not a reset
+            writer.write(f"SSH-2.0-{SECRET}\r\n\r\n".encode())
+        finally:  # also when a probe is cut off at shutdown
+            writer.close()
 
     server = await asyncio.start_server(banner, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
@@ -200,3 +201,48 @@ async def test_three_hundred_checks_at_one_address_are_one_probe_at_a_time(
     finally:
         target.close()
         await target.wait_closed()
+
+
+async def test_a_check_by_name_is_pinned_to_the_instance_address(running: Running) -> None:
+    """Rebinding: a name vetted at registration is not resolved again by the checker.
+
+    ``localhost`` resolves to 127.0.0.1 (and ::1); the instance is 127.0.0.2, the
+    same machine's loopback, so the check is admitted and pinned to 127.0.0.2.
+    Only a server there sees the probe, with the name in its Host header.
+    """
+    r = running
+    seen: list[tuple[str, str]] = []
+
+    def server(where: str) -> Any:
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            try:
+                head = (await reader.readuntil(b"\r\n\r\n")).decode()
+                host = next(line for line in head.split("\r\n") if line.startswith("Host:"))
+                seen.append((where, host))
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+            finally:
+                writer.close()
+
+        return handle
+
+    pinned = await asyncio.start_server(server("127.0.0.2"), "127.0.0.2", 0)
+    port = pinned.sockets[0].getsockname()[1]
+    resolved = await asyncio.start_server(server("127.0.0.1"), "127.0.0.1", port)
+    try:
+        url = f"http://localhost:{port}/health"
+        reply = await r.register(
+            "web", "web-1", address="127.0.0.2", checks=[{"http": url, "interval": "1s"}]
+        )
+        assert reply["instance"]["checks"][0]["connect_to"] == "127.0.0.2"
+
+        async def passing() -> bool:
+            status = (await instance(r, "web", "web-1"))["check_status"][0]
+            return bool(status["state"] == "passing")
+
+        await async_wait_until(passing)
+        assert seen
+        assert all(s == ("127.0.0.2", f"Host: localhost:{port}") for s in seen), seen
+    finally:
+        for s in (pinned, resolved):
+            s.close()
+            await s.wait_closed()

@@ -64,3 +64,21 @@ async def test_host_turns_one_at_a_time_per_host_and_forget_idle_hosts() -> None
     assert peak == {"a": 1, "b": 1}
     assert both.is_set()
     assert len(turns) == 0
+
+
+async def test_host_turns_limit_is_a_per_host_bound() -> None:
+    turns = HostTurns(limit=2)
+    running = peak = 0
+
+    async def probe() -> None:
+        nonlocal running, peak
+        async with turns.turn("10.0.0.5"):
+            running += 1
+            peak = max(peak, running)
+            await asyncio.sleep(0)
+            running -= 1
+
+    await asyncio.gather(*(probe() for _ in range(10)))
+    assert peak == 2
+    with pytest.raises(ValueError, match="at least 1"):
+        HostTurns(limit=0)
