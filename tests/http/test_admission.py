@@ -7,6 +7,7 @@ other hosts' ports (a port scanner), a 100 ms interval, addresses no client can 
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -18,6 +19,7 @@ import pytest
 from aiohttp import web
 
 from dnsreg.config import load_config
+from dnsreg.core.acl import Right, format_entry
 from dnsreg.core.errors import ConfigError
 from tests.helpers import Running, make_config, start_server
 
@@ -135,6 +137,28 @@ async def test_checks_any_host_lets_the_operator_check_elsewhere(
             "checks": [{"http": f"http://127.0.0.1:{secret.port}/key"}]}  # fmt: skip
     status, reply = await put(r, "web", "web-1", body)
     assert status == 201, reply
+
+
+async def test_an_operator_token_may_check_elsewhere_a_write_token_may_not(
+    serve: Serve, secret: Secret, tmp_path: Path
+) -> None:
+    tokens = {"writer": ("s3cret-writer-0123456789", [Right.WRITE]),
+              "ops": ("s3cret-ops-0123456789", [Right.OPERATOR])}  # fmt: skip
+    acl = tmp_path / "acl.toml"
+    acl.write_text("\n".join(
+        format_entry(name, hashlib.sha256(secret_.encode()).hexdigest(), ["web"], rights)
+        for name, (secret_, rights) in tokens.items()
+    ))  # fmt: skip
+    r = await serve(acl_file=acl)
+    url = f"{r.base}/v1/services/web/instances/web-1"
+    body = {"address": "10.0.0.5", "port": 80,
+            "checks": [{"http": f"http://127.0.0.1:{secret.port}/key"}]}  # fmt: skip
+    writer = {"Authorization": f"Bearer {tokens['writer'][0]}"}
+    async with r.http.put(url, json=body, headers=writer) as resp:
+        refused(resp.status, await resp.json(), "checks[0].http")
+    ops = {"Authorization": f"Bearer {tokens['ops'][0]}"}
+    async with r.http.put(url, json=body, headers=ops) as resp:
+        assert resp.status == 201, await resp.json()
 
 
 async def test_a_check_host_name_must_resolve_to_the_instance(serve: Serve) -> None:
