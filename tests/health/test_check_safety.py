@@ -58,6 +58,29 @@ class Leaky:
             await self._runner.cleanup()
 
 
+class Handlers:
+    """The connection handlers of raw asyncio test servers, so a test can wait for them:
+    a handler still pending when the loop closes leaves its transport unclosed."""
+
+    def __init__(self) -> None:
+        self.tasks: set[asyncio.Task[Any]] = set()
+
+    def track(self) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def drain(self, r: Running, *servers: asyncio.Server) -> None:
+        """Stop the checker first (no new probes; its connections close), then the servers."""
+        await r.server.stop()
+        for server in servers:
+            server.close()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        for server in servers:
+            await server.wait_closed()
+
+
 async def instance(r: Running, svc: str, iid: str) -> dict[str, Any]:
     async with r.http.get(f"{r.base}/v1/services/{svc}/instances/{iid}") as resp:
         body: dict[str, Any] = (await resp.json())["instance"]
@@ -125,8 +148,10 @@ async def test_check_output_is_the_status_line_never_the_body(
 
 async def test_error_kinds_instead_of_what_the_target_said(running: Running) -> None:
     r = running
+    handlers = Handlers()
 
     async def banner(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        handlers.track()
         try:
             await reader.readuntil(b"\r\n\r\n")  # read the request: a close, not a reset
             writer.write(f"SSH-2.0-{SECRET}\r\n\r\n".encode())
@@ -155,8 +180,7 @@ async def test_error_kinds_instead_of_what_the_target_said(running: Running) -> 
         assert first["output"] == f"HTTP GET http://127.0.0.1:{port}/: not an HTTP/1.x response"
         assert second["output"] == f"HTTP GET http://127.0.0.1:{closed_port}/: connection refused"
     finally:
-        server.close()
-        await server.wait_closed()
+        await handlers.drain(r, server)
 
 
 async def test_three_hundred_checks_at_one_address_are_one_probe_at_a_time(
@@ -165,8 +189,10 @@ async def test_three_hundred_checks_at_one_address_are_one_probe_at_a_time(
     """The flood of issue 10: 300 registrations pointing checks at one target."""
     r = running
     now = {"open": 0, "peak": 0, "served": 0}
+    handlers = Handlers()
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        handlers.track()
         now["open"] += 1
         now["peak"] = max(now["peak"], now["open"])
         try:
@@ -199,8 +225,7 @@ async def test_three_hundred_checks_at_one_address_are_one_probe_at_a_time(
         assert now["peak"] == 1, now
         assert time.monotonic() - start < 30
     finally:
-        target.close()
-        await target.wait_closed()
+        await handlers.drain(r, target)
 
 
 async def test_a_check_by_name_is_pinned_to_the_instance_address(running: Running) -> None:
@@ -212,9 +237,11 @@ async def test_a_check_by_name_is_pinned_to_the_instance_address(running: Runnin
     """
     r = running
     seen: list[tuple[str, str]] = []
+    handlers = Handlers()
 
     def server(where: str) -> Any:
         async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            handlers.track()
             try:
                 head = (await reader.readuntil(b"\r\n\r\n")).decode()
                 host = next(line for line in head.split("\r\n") if line.startswith("Host:"))
@@ -243,6 +270,4 @@ async def test_a_check_by_name_is_pinned_to_the_instance_address(running: Runnin
         assert seen
         assert all(s == ("127.0.0.2", f"Host: localhost:{port}") for s in seen), seen
     finally:
-        for s in (pinned, resolved):
-            s.close()
-            await s.wait_closed()
+        await handlers.drain(r, pinned, resolved)
