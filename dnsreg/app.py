@@ -184,6 +184,7 @@ class Server:
                 address=str(cfg.advertised_addresses()[0]),
                 report_ttl=self.checker.report_ttl,
                 auth=self.auth,
+                admission=cfg.admission,
             ).install(api.app.router)
             auth = self.auth
             BackupRoute(

@@ -15,7 +15,14 @@ import dataclasses
 import ipaddress
 import socket
 
-from dnsreg.core.admission import as_ip, check_field, check_host, check_host_addresses
+from dnsreg.core.acl import Principal
+from dnsreg.core.admission import (
+    AdmissionPolicy,
+    as_ip,
+    check_field,
+    check_host,
+    check_host_addresses,
+)
 from dnsreg.core.errors import InvalidInput
 from dnsreg.core.model import IPAddress, Registration
 
@@ -38,6 +45,18 @@ async def resolve_host(host: str, *, within: float = RESOLVE_TIMEOUT) -> list[IP
         if address not in out:
             out.append(address)
     return out
+
+
+def may_check_any_host(
+    policy: AdmissionPolicy, principal: Principal | None, *, tokens: bool
+) -> bool:
+    """SPEC §7: checks may target other hosts with ``checks_any_host``, or when the
+    registering *token* is operator. ``tokens``: an ACL file is in force. Without one
+    there is no token: the loopback-open mode acts as operator for writes, not for
+    aiming checks elsewhere."""
+    if policy.checks_any_host:
+        return True
+    return tokens and principal is not None and principal.is_operator
 
 
 async def admit_checks(

@@ -28,7 +28,7 @@ from dnsreg.core.errors import (
 from dnsreg.core.model import Instance
 from dnsreg.core.names import check_label
 from dnsreg.core.registry import Registry
-from dnsreg.http.admission import admit_checks
+from dnsreg.http.admission import admit_checks, may_check_any_host
 from dnsreg.http.auth import Auth, AuthMode
 from dnsreg.http.events import EventHub
 from dnsreg.http.explain import Explainer, add_explain_route
@@ -195,15 +195,9 @@ class Api:
         )
 
     def _checks_any_host(self, request: web.Request) -> bool:
-        """SPEC §7: checks may target other hosts with ``checks_any_host`` or when the
-        registering *token* is operator. Without an ACL file there is no token: the
-        loopback-open mode acts as operator for writes, not for aiming checks elsewhere."""
-        if self.admission.checks_any_host:
-            return True
-        if self.auth.mode is not AuthMode.TOKENS:
-            return False
-        principal = self.auth.principal(request)
-        return principal is not None and principal.is_operator
+        tokens = self.auth.mode is AuthMode.TOKENS
+        principal = self.auth.principal(request) if tokens else None
+        return may_check_any_host(self.admission, principal, tokens=tokens)
 
     def _instance_view(self, instance: Instance) -> dict[str, Any]:
         view = instance.to_json()

@@ -262,3 +262,29 @@ def test_allowed_networks_config(tmp_path: Path) -> None:
             load_config({"config": str(path)}, env={})
     with pytest.raises(ConfigError, match="checks_any_host"):
         load_config(env={"DNSREG_CHECKS_ANY_HOST": "perhaps"})
+
+
+async def test_the_consul_route_applies_the_same_rules(serve: Serve, secret: Secret) -> None:
+    r = await serve()
+    before = await state(r)
+    url = f"{r.base}/v1/agent/service/register"
+    base = {"Name": "web", "ID": "web-1", "Port": 80}
+    attacks = [
+        ({"Address": "10.0.0.5", "Check": {"HTTP": f"http://127.0.0.1:{secret.port}/key",
+                                           "Interval": "10s"}}, "checks[0].http"),
+        ({"Address": "10.0.0.5", "Check": {"TCP": "10.0.0.5:80", "Interval": "100ms"}},
+         "Check.interval"),
+        ({"Address": "0.0.0.0"}, "address"),
+        ({"Address": "ff02::1"}, "address"),
+    ]  # fmt: skip
+    for extra, field in attacks:
+        async with r.http.put(url, json={**base, **extra}) as resp:
+            text = await resp.text()
+            assert resp.status == 400, text
+            assert field in text, text
+    assert await state(r) == before
+    assert secret.hits == 0
+    ok = {**base, "Address": "127.0.0.1",
+          "Check": {"HTTP": f"http://127.0.0.1:{secret.port}/key", "Interval": "10s"}}  # fmt: skip
+    async with r.http.put(url, json=ok) as resp:
+        assert resp.status == 200, await resp.text()
