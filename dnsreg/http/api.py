@@ -12,6 +12,7 @@ import msgspec
 from aiohttp import web
 
 from dnsreg import __version__
+from dnsreg.core.admission import AdmissionPolicy
 from dnsreg.core.errors import (
     Conflict,
     DnsregError,
@@ -27,7 +28,8 @@ from dnsreg.core.errors import (
 from dnsreg.core.model import Instance
 from dnsreg.core.names import check_label
 from dnsreg.core.registry import Registry
-from dnsreg.http.auth import Auth
+from dnsreg.http.admission import admit_checks, may_check_any_host
+from dnsreg.http.auth import Auth, AuthMode
 from dnsreg.http.drain import DrainRoute
 from dnsreg.http.events import EventHub
 from dnsreg.http.explain import Explainer, add_explain_route
@@ -117,8 +119,10 @@ class Api:
         events_keepalive: float = 15.0,
         explain: Explainer | None = None,
         body_timeout: float = 30.0,
+        admission: AdmissionPolicy = AdmissionPolicy(),  # noqa: B008 - frozen
     ) -> None:
         self.registry = registry
+        self.admission = admission
         self.store = store
         self.metrics = metrics
         self.describe = describe
@@ -195,6 +199,11 @@ class Api:
             check_label(request.match_info["id"], field="id"),
         )
 
+    def _checks_any_host(self, request: web.Request) -> bool:
+        tokens = self.auth.mode is AuthMode.TOKENS
+        principal = self.auth.principal(request) if tokens else None
+        return may_check_any_host(self.admission, principal, tokens=tokens)
+
     def _instance_view(self, instance: Instance) -> dict[str, Any]:
         view = instance.to_json()
         view["panic"] = self.registry.in_panic(instance.reg.service)
@@ -204,7 +213,8 @@ class Api:
     async def register(self, request: web.Request) -> web.Response:
         service, instance_id = self._names(request)
         body: RegisterBody = decode_body(await self._body(request), RegisterBody)
-        reg = to_registration(service, instance_id, body, request.remote)
+        reg = to_registration(service, instance_id, body, request.remote, self.admission)
+        reg = await admit_checks(reg, any_host=self._checks_any_host(request))
         change = await self.store.register(reg)
         assert change.after is not None
         created = change.before is None
