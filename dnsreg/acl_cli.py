@@ -29,6 +29,15 @@ from dnsreg.core.errors import ConfigError
 SECRET_BYTES = 32  # 256 bits of randomness from the secrets module
 
 
+def new_secret() -> str:
+    """A fresh secret that never starts with '-': pasted after ``--token`` it must not
+    read as a flag (argparse would refuse ``--token -x…``)."""
+    while True:
+        secret = secrets.token_urlsafe(SECRET_BYTES)
+        if not secret.startswith("-"):
+            return secret
+
+
 def add_acl_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     acl = sub.add_parser("acl", help="create and list API tokens (server side)")
     acl_sub = acl.add_subparsers(dest="acl_command", required=True)
@@ -103,7 +112,7 @@ def add_token(path: Path, name: str, services: list[str], *, rights: list[Right]
         acl = parse_acl(existing, str(path))  # a broken file is not appended to
         if name in acl.names():
             raise ConfigError(f"acl file {path}: a token named {name!r} exists already")
-        secret = secrets.token_urlsafe(SECRET_BYTES)
+        secret = new_secret()
         entry = format_entry(name, hashlib.sha256(secret.encode()).hexdigest(), globs, rights)
         # A blank line between tables, whatever the file ended with.
         text = ("" if not existing else "\n" if existing.endswith("\n") else "\n\n") + entry

@@ -157,14 +157,17 @@ def test_not_a_dnsreg_server(foreign: str, server: Process) -> None:
 
 # ------------------------------------------------------- show / maintenance / heartbeat
 def test_show_prints_check_output_and_exits_1_for_an_unknown_service(server: Process) -> None:
-    register(server, "chk", "chk-1", "--check-tcp", "127.0.0.1:1", "--check-interval", "200ms")
+    register(
+        server, "chk", "chk-1", "--address", "127.0.0.1", "--check-tcp", "127.0.0.1:1",
+        "--check-interval", "1s",
+    )  # fmt: skip
     wait_until(lambda: api(server, "/v1/services/chk")["instances"][0]["check_status"][0]
                ["last_run"] is not None)  # fmt: skip
     result = dnsreg("show", "chk", api=hostport(server))
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert lines[0].split() == ["ID", "ADDRESS", "HEALTH", "SERVED", "LEASE", "TAGS", "META"]
-    assert lines[1].split()[:4] == ["chk-1", "10.0.0.5:8080", "critical", "no"]
+    assert lines[1].split()[:4] == ["chk-1", "127.0.0.1:8080", "critical", "no"]
     assert lines[3].split() == ["ID", "CHECK", "STATE", "OUTPUT"]
     assert lines[4].startswith("chk-1  tcp 127.0.0.1:1  critical  ")
     assert "refused" in lines[4].lower()
@@ -267,12 +270,12 @@ def test_drain_is_a_write_that_needs_a_token(tmp_path: Path) -> None:
     try:
         base = f"127.0.0.1:{proc.http_port}"
         reg = dnsreg("register", "web", "--port", "80", "--id", "w1", "--address", "10.0.0.5",
-                     "--token", secret, api=base)  # fmt: skip
+                     f"--token={secret}", api=base)  # fmt: skip
         assert reg.returncode == 0, reg.stderr
         anonymous = dnsreg("drain", "web", "w1", "--wait", "0", api=base)
         assert anonymous.returncode == 1
         assert "token" in anonymous.stderr.lower()
-        allowed = dnsreg("drain", "web", "w1", "--wait", "0", "--token", secret, api=base)
+        allowed = dnsreg("drain", "web", "w1", "--wait", "0", f"--token={secret}", api=base)
         assert allowed.returncode == 0, allowed.stderr
         assert "by token deployer" in proc.log_text()
         assert "drain web/w1" in proc.log_text()

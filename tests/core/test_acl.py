@@ -109,3 +109,13 @@ def test_log_budget_allows_a_burst_then_refills_on_the_clock(clock: FakeClock) -
     assert [budget.allow(clock())[0] for _ in range(4)] == [True, True, True, False]
     clock.advance(-100)  # a clock stepping back grants nothing
     assert budget.allow(clock()) == (False, 0)
+
+
+def test_new_secrets_never_start_like_a_flag() -> None:
+    # `dnsreg register --token SECRET` must accept whatever `dnsreg acl add` printed.
+    from dnsreg.acl_cli import new_secret
+
+    secrets_made = [new_secret() for _ in range(2000)]
+    assert not [s for s in secrets_made if s.startswith("-")]
+    assert len(set(secrets_made)) == 2000
+    assert all(len(s) >= 43 for s in secrets_made)  # 256 bits in urlsafe base64
