@@ -44,7 +44,10 @@ class HttpMetrics:
 
 def route_template(request: BaseRequest) -> str:
     """The route's template; requests that never reached the router count as unmatched."""
-    match_info = getattr(request, "match_info", None)
+    try:
+        match_info = getattr(request, "match_info", None)
+    except AssertionError:  # a web.Request that never reached the router (bad request line)
+        match_info = None
     route = getattr(match_info, "route", None)
     resource = getattr(route, "resource", None)
     return resource.canonical if resource is not None else UNMATCHED
