@@ -55,13 +55,22 @@ def route_template(request: BaseRequest) -> str:
 
 def access_logger_class(metrics: HttpMetrics, *, log_requests: bool) -> type[AbstractAccessLogger]:
     """The class aiohttp's AppRunner instantiates (it takes a class, not an object)."""
+    # Label sets are few (routes × methods × statuses), so the map stays small.
+    children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
 
     class AccessLogger(AbstractAccessLogger):
         def log(self, request: BaseRequest, response: StreamResponse, time: float) -> None:
             route = route_template(request)
             status = response.status
-            metrics.requests.labels(route, request.method, str(status)).inc()
-            metrics.latency.labels(route).observe(time)
+            key = (route, request.method, status)
+            series = children.get(key)
+            if series is None:  # .labels() costs a few µs a call: once per label set
+                series = children[key] = (
+                    metrics.requests.labels(route, request.method, str(status)),
+                    metrics.latency.labels(route),
+                )
+            series[0].inc()
+            series[1].observe(time)
             if log_requests and access.isEnabledFor(logging.INFO):
                 remote = request.remote or "-"
                 nbytes = response.body_length
