@@ -12,6 +12,7 @@ from prometheus_client.samples import Sample
 
 from dnsreg import __version__
 from tests.helpers import FakeClock, Running, make_config, start_server
+from tests.store.etcd_fixtures import EtcdCluster, etcd_fixture, needs_etcd  # noqa: F401
 
 ROOT = Path(__file__).resolve().parents[2]
 INSTANCE_ROUTE = "/v1/services/{service}/instances/{id}"
@@ -130,3 +131,18 @@ async def test_grafana_dashboard_uses_only_metrics_a_server_exports(running: Run
     _, samples = await scrape(running)
     exported = {s.name for s in samples}
     assert sorted(referenced - exported) == []
+
+
+@needs_etcd
+async def test_etcd_store_commits_are_timed_too(tmp_path: Path, etcd: EtcdCluster) -> None:
+    server = await start_server(make_config(tmp_path, store=etcd.store_url("metrics")))
+    try:
+        async with aiohttp.ClientSession() as http:
+            running = Running(server, http, f"http://127.0.0.1:{server.http_port}", server.dns_port)
+            await running.register("web", "web-1")
+            await running.register("web", "web-2")
+            _, samples = await scrape(running)
+    finally:
+        await server.stop()
+    assert value(samples, "dnsreg_store_commit_duration_seconds_count") >= 2
+    assert value(samples, "dnsreg_store_commit_duration_seconds_sum") > 0
