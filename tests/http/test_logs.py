@@ -239,3 +239,19 @@ def test_json_log_format_from_the_real_command(spawn: Any) -> None:
     assert isinstance(access[0]["bytes"], int)
     assert access[0]["bytes"] > 0
     assert not [r for r in records if r["level"] in ("error", "critical") or "exc" in r]
+
+
+async def test_consul_writes_log_their_changes_with_the_token(
+    running: Running, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="dnsreg.changes")
+    body = {"Name": "web", "ID": "c1", "Address": "10.0.0.8", "Port": 8}
+    async with running.http.put(running.base + "/v1/agent/service/register", json=body) as resp:
+        assert resp.status == 200
+    async with running.http.put(running.base + "/v1/agent/service/deregister/c1") as resp:
+        assert resp.status == 200
+    by = "by token loopback from 127.0.0.1"
+    lines = messages(caplog, "dnsreg.changes")
+    assert lines[0].startswith("registered web/c1 at 10.0.0.8:8 ")
+    assert lines[0].endswith(f"{by} (revision 1)")
+    assert lines[1] == f"deregistered web/c1 {by} (revision 2)"
