@@ -23,6 +23,9 @@ LATENCY_BUCKETS = (
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0, 60.0, 300.0,
 )  # fmt: skip
 UNMATCHED = "unmatched"  # no route: 404s for unknown paths and requests that did not parse
+# HTTP allows any token as a method; a label takes only these, or every made-up method a
+# scanner sends would be a new series (RFC 9110 §9: the registered ones dnsreg may see).
+METHODS = frozenset({"GET", "HEAD", "PUT", "POST", "DELETE", "OPTIONS", "PATCH"})
 
 
 class HttpMetrics:
@@ -62,11 +65,12 @@ def access_logger_class(metrics: HttpMetrics, *, log_requests: bool) -> type[Abs
         def log(self, request: BaseRequest, response: StreamResponse, time: float) -> None:
             route = route_template(request)
             status = response.status
-            key = (route, request.method, status)
+            method = request.method if request.method in METHODS else "other"
+            key = (route, method, status)
             series = children.get(key)
             if series is None:  # .labels() costs a few µs a call: once per label set
                 series = children[key] = (
-                    metrics.requests.labels(route, request.method, str(status)),
+                    metrics.requests.labels(route, method, str(status)),
                     metrics.latency.labels(route),
                 )
             series[0].inc()

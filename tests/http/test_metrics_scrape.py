@@ -42,6 +42,8 @@ async def test_metrics_after_http_and_dns_traffic(running: Running) -> None:
         assert resp.status == 404
     async with running.http.get(running.base + "/no/such/route") as resp:
         assert resp.status == 404
+    async with running.http.request("BREW", running.base + "/no/such/route") as resp:
+        assert resp.status == 400  # aiohttp refuses methods it does not know
     for _ in range(3):  # one miss, then two hits from the answer cache
         reply = await running.query("web.service.local", "A")
         assert [r.to_text() for r in reply.answer[0]] == ["10.0.0.2"]
@@ -67,6 +69,9 @@ async def test_metrics_after_http_and_dns_traffic(running: Running) -> None:
     assert value(samples, requests, route=INSTANCE_ROUTE, method="GET", status="404") == 1
     assert value(samples, requests, route="unmatched", method="GET", status="404") == 1
     assert not [s for s in samples if "web-1" in s.labels.get("route", "")]
+    assert not [s for s in samples if s.labels.get("method") == "BREW"]
+    brewed = [s for s in samples if s.name == requests and s.labels["method"] == "other"]
+    assert [s.value for s in brewed] == [1]
     assert value(samples, "dnsreg_http_request_duration_seconds_count", route=INSTANCE_ROUTE) == 4
     buckets = [
         s for s in samples
