@@ -114,7 +114,12 @@ class Server:
             # 1b. Health checks of what the store holds, and panic-mode logging.
             self.panic_watch = PanicWatch(self.registry)
             self.panic_watch.start(self.store)
-            self.checker = Checker(self.store, concurrency=cfg.check_concurrency, clock=self.clock)
+            self.checker = Checker(
+                self.store,
+                concurrency=cfg.check_concurrency,
+                per_address=cfg.checks_per_address,
+                clock=self.clock,
+            )
             await self.checker.start()
             # 2. Static zones, checked against what the store brought back.
             self.static = self._load_zones()
@@ -170,6 +175,7 @@ class Server:
                 events_keepalive=cfg.events_keepalive,
                 explain=self.explain,
                 body_timeout=cfg.http_body_timeout,
+                admission=cfg.admission,
             )
             self.api = api
             # Consul's routes (SPEC §5) over the same registry, store and blocking layer.
@@ -181,6 +187,7 @@ class Server:
                 address=str(cfg.advertised_addresses()[0]),
                 report_ttl=self.checker.report_ttl,
                 auth=self.auth,
+                admission=cfg.admission,
             ).install(api.app.router)
             auth = self.auth
             self.store.subscribe(ChangeLog(auth.actors).on_change)

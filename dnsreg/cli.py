@@ -8,6 +8,8 @@ import logging
 import sys
 from collections.abc import Sequence
 
+import argcomplete
+
 from dnsreg import __version__
 from dnsreg.acl_cli import add_acl_command, run_acl_command
 from dnsreg.client.commands import COMMANDS, add_commands, run_command
@@ -100,6 +102,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     _serve_parser(sub)
     add_commands(sub)
     add_acl_command(sub)
+    # Tab completion (`dnsreg completion bash`): answers and exits only when the shell
+    # hook set _ARGCOMPLETE; otherwise it returns at once.
+    argcomplete.autocomplete(parser)
     args = parser.parse_args(argv)
     if args.command == "serve":
         return _serve(vars(args))

@@ -10,6 +10,12 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from dnsreg.core.admission import (
+    MIN_CHECK_INTERVAL,
+    AdmissionPolicy,
+    IPNetwork,
+    parse_networks,
+)
 from dnsreg.core.durations import parse_duration
 from dnsreg.core.errors import ConfigError, InvalidInput
 from dnsreg.core.names import check_label, parse_name
@@ -92,6 +98,20 @@ class Config:
         """Descriptors kept back from HTTP: one per health check in flight, plus the
         store's files, logs and listeners."""
         return self.fd_reserve if self.fd_reserve is not None else self.check_concurrency + 64
+
+    # SPEC §7: what registrations may say. Empty allowed_networks: any usable address.
+    allowed_networks: tuple[IPNetwork, ...] = ()
+    checks_any_host: bool = False  # checks may target hosts other than their instance
+    check_min_interval: float = MIN_CHECK_INTERVAL
+    checks_per_address: int = 1  # probes in flight at once per target address
+
+    @property
+    def admission(self) -> AdmissionPolicy:
+        return AdmissionPolicy(
+            allowed_networks=self.allowed_networks,
+            checks_any_host=self.checks_any_host,
+            min_check_interval=self.check_min_interval,
+        )
 
     @property
     def origin(self) -> tuple[str, ...]:
@@ -200,13 +220,26 @@ def _coerce(name: str, value: Any) -> Any:
             if not 0.0 < guard < 1.0:
                 raise ConfigError("expiry_guard: must be a fraction in (0, 1), or 'off'")
             return guard
-        if name == "check_concurrency":
+        if name in ("check_concurrency", "checks_per_address"):
             concurrency = int(value)
             if concurrency < 1:
-                raise ConfigError("check_concurrency: must be at least 1")
+                raise ConfigError(f"{name}: must be at least 1")
             return concurrency
         if name == "stale_after":
             return parse_duration(value, field="stale_after")
+        if name == "allowed_networks":
+            if isinstance(value, str):  # env/flag: comma-separated
+                value = [v for v in value.split(",") if v.strip()]
+            if not isinstance(value, (list, tuple)):
+                raise ConfigError(f"allowed_networks: a list of CIDR strings, not {value!r}")
+            return parse_networks(value)
+        if name == "checks_any_host":
+            return _boolean(name, value)
+        if name == "check_min_interval":
+            floor = parse_duration(value, field=name)
+            if not 0.1 <= floor <= 3600:
+                raise ConfigError(f"{name}: must be between 100ms and 1h")
+            return floor
         if name == "tcp_idle_timeout":
             return float(value)
         if name in ("http_header_timeout", "http_body_timeout", "http_keepalive_timeout"):

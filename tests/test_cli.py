@@ -88,7 +88,7 @@ def test_register_ls_show_deregister(server: Process) -> None:
 def test_default_id_and_checks_and_api_flag(server: Process) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "dnsreg", "register", "chk", "--port", "9000", "--address",
-         "10.0.0.9", "--check-tcp", "127.0.0.1:9", "--check-interval", "5s", "--api",
+         "10.0.0.9", "--check-tcp", "10.0.0.9:9", "--check-interval", "5s", "--api",
          server.base],
         capture_output=True, text=True, timeout=30,
         env={k: v for k, v in os.environ.items() if k != "DNSREG_API"},
@@ -96,7 +96,7 @@ def test_default_id_and_checks_and_api_flag(server: Process) -> None:
     assert result.returncode == 0, result.stderr
     (instance,) = api(server, "/v1/services/chk")["instances"]
     assert instance["id"].endswith("-9000")
-    assert instance["checks"][0]["tcp"] == "127.0.0.1:9"
+    assert instance["checks"][0]["tcp"] == "10.0.0.9:9"
     assert instance["checks"][0]["interval"] == 5.0
 
 
@@ -111,7 +111,7 @@ def test_errors_exit_1_with_a_message(server: Process) -> None:
     assert (result.returncode, "address") == (1, result.stderr.split(":")[1].strip())
     result = dnsreg(server, "ls", "--api", "http://127.0.0.1:1", ok=False)
     assert result.returncode == 1
-    assert "cannot reach" in result.stderr
+    assert "no dnsreg server at http://127.0.0.1:1 (connection refused)" in result.stderr
     result = dnsreg(server, "register", "web", ok=False)  # --port missing: a usage error
     assert result.returncode == 2
 

@@ -19,7 +19,7 @@ import logging
 import os
 import socket
 import ssl
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
@@ -27,6 +27,7 @@ from urllib.parse import quote
 
 import aiohttp
 
+from dnsreg.client.endpoint import NotDnsreg, api_url, not_dnsreg, refused, require_keys
 from dnsreg.client.lease import TRANSIENT, Lease
 from dnsreg.client.registration import InstanceSpec
 from dnsreg.client.sse import SseParser
@@ -146,7 +147,8 @@ class Client:
         """``ca``: trust this CA (PEM) for an ``https://`` API; ``cert``/``key``: a client
         certificate; ``token``: sent as ``Authorization: Bearer`` (default ``DNSREG_TOKEN``).
         """
-        self.api = api.rstrip("/")
+        # A bare host:port is accepted (http://, or https:// with a CA or certificate).
+        self.api = api_url(api, tls=ca is not None or cert is not None)
         self._tls = client_context(ca, cert, key)  # bad files fail here, not at first call
         self._has_cert = cert is not None
         self._headers = auth_headers(token if token is not None else default_token())
@@ -202,19 +204,28 @@ class Client:
             ) as resp:
                 text = await resp.text()
                 status = resp.status
+                content_type = resp.content_type
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             tls = tls_failure(self.api, exc)
             if tls is not None:
                 raise tls from exc
             hint = disconnect_hint(self.api, exc, has_cert=self._has_cert)
+            if hint is None:
+                hint = refused(self.api, exc)
             if hint is not None:
                 raise Unreachable(hint) from exc
             raise Unreachable(f"cannot reach {self.api}: {_describe(exc)}") from exc
+        # Every dnsreg answer is JSON, and every error has "error": anything else
+        # (an HTML page, a foreign 404) is some other server on that address.
         try:
             payload = json.loads(text) if text else {}
         except ValueError:
-            payload = {"error": text.strip()[:200] or f"HTTP {status}"}
+            raise not_dnsreg(self.api, method, path, status, content_type) from None
+        if content_type != "application/json":
+            raise not_dnsreg(self.api, method, path, status, content_type)
         if status >= 400:
+            if not isinstance(payload, dict) or not isinstance(payload.get("error"), str):
+                raise not_dnsreg(self.api, method, path, status, content_type)
             raise _api_error(status, payload)
         if not isinstance(payload, dict):
             raise ServerError(f"{method} {path}: expected a JSON object, got {text[:100]!r}")
@@ -271,6 +282,14 @@ class Client:
         body = {"enable": enable, "reason": reason}
         return await self._call("PUT", _instance_path(service, id) + "/maintenance", body=body)
 
+    async def drain(self, service: str, id: str, *, reason: str | None = None) -> dict[str, Any]:
+        """Withdraw from DNS now (maintenance, reason "draining"); the answer's ``wait``
+        is how long resolvers may still hand it out (:mod:`dnsreg.core.drain`)."""
+        body = {"reason": reason} if reason else None
+        payload = await self._call("PUT", _instance_path(service, id) + "/drain", body=body)
+        require_keys(self.api, "drain", payload, "wait", "instance", "revision")
+        return payload
+
     # ------------------------------------------------------------------ reads
     def _blocking(
         self, index: int | None, wait: float | str | None
@@ -295,6 +314,7 @@ class Client:
         if prefix:
             params.append(("prefix", prefix))
         payload = await self._call("GET", "/v1/services", params=params, limit=limit)
+        require_keys(self.api, "/v1/services", payload, "services", "revision")
         out = Services(payload["services"])
         out.revision = int(payload["revision"])
         return out
@@ -316,6 +336,7 @@ class Client:
         params.extend(("tag", t) for t in tags)
         path = f"/v1/services/{quote(service, safe='')}"
         payload = await self._call("GET", path, params=params, limit=limit)
+        require_keys(self.api, path, payload, "instances", "revision")
         out = Instances(payload["instances"])
         out.revision = int(payload["revision"])
         out.panic = bool(payload.get("panic", False))
@@ -327,7 +348,15 @@ class Client:
         return instance
 
     async def status(self) -> dict[str, Any]:
-        return await self._call("GET", "/v1/status")
+        try:
+            payload = await self._call("GET", "/v1/status")
+        except NotFound as exc:  # every dnsreg server has /v1/status: the base URL is wrong
+            raise NotDnsreg(
+                f"not a dnsreg server at {self.api}: GET /v1/status answered HTTP 404 "
+                f"({exc.message}); check --api"
+            ) from exc
+        require_keys(self.api, "/v1/status", payload, "status", "version", "revision")
+        return payload
 
     async def explain(self, name: str, rtype: str = "A") -> dict[str, Any]:
         """What DNS answers ``name`` now, and why each instance is in it or not."""
@@ -364,16 +393,26 @@ class Client:
         *,
         since: int | None = None,
         read_timeout: float = 60.0,
+        on_state: Callable[[str], None] | None = None,
     ) -> AsyncIterator[Event]:
         """Every change under ``prefix``, in revision order, forever.
 
         Reconnects after errors and resumes from the last revision seen, so no
         change is lost or repeated; when the server can no longer tell what was
         missed it yields a ``reset`` event (re-list, then carry on). Without
-        ``since`` it starts from the server's current revision.
+        ``since`` it starts from the server's current revision. ``on_state`` hears
+        one line when the stream is lost (and how long until the next try) and one
+        when it is back (``dnsreg watch`` prints them to stderr).
         """
         cursor = since
         failures = 0
+        lost = False
+
+        def say(line: str) -> None:
+            log.info("%s", line)
+            if on_state is not None:
+                on_state(line)
+
         url = self.api + "/v1/events"
         # The server writes a keepalive every 15 s (by default); silence for much
         # longer than that means the connection died without a FIN.
@@ -394,6 +433,10 @@ class Client:
                         if not isinstance(error, TRANSIENT):
                             raise error
                         raise _Retry(error.message)
+                    if lost:
+                        after = "" if cursor is None else f"; resuming after revision {cursor}"
+                        say(f"reconnected to {self.api}{after}")
+                        lost = False
                     parser = SseParser()
                     async for raw in resp.content:
                         message = parser.feed_line(raw.decode())
@@ -423,14 +466,18 @@ class Client:
                             id=data["id"],
                             instance=data.get("instance"),
                         )
-                log.info("event stream from %s ended; reconnecting", self.api)
+                reason = "the server ended the stream"
             except (aiohttp.ClientError, TimeoutError, OSError, _Retry) as exc:
                 tls = tls_failure(self.api, exc)
                 if tls is not None:
                     raise tls from exc  # reconnecting cannot fix a certificate
-                log.info("event stream from %s broke (%s); reconnecting", self.api, _describe(exc))
+                reason = refused(self.api, exc) or f"{self.api}: {_describe(exc)}"
             failures += 1
-            await asyncio.sleep(min(WATCH_RETRY_MAX, 0.1 * 2 ** min(failures, 10)))
+            delay = min(WATCH_RETRY_MAX, 0.1 * 2 ** min(failures, 10))
+            if not lost or failures % 10 == 0:  # once, then now and then while it lasts
+                say(f"disconnected: {reason}; reconnecting (next try in {delay:.1f}s)")
+            lost = True
+            await asyncio.sleep(delay)
 
     # -------------------------------------------------------------------- DNS
     async def resolve(self, service: str, *, tag: str | None = None) -> list[Target]:

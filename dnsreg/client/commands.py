@@ -1,5 +1,7 @@
 """The client side of the ``dnsreg`` command: register, deregister, ls, show, watch,
-run and registrar. Everything goes through the HTTP API (``--api``, env ``DNSREG_API``).
+status, maintenance, heartbeat, drain, run and registrar. Everything goes through the
+HTTP API (``--api``, env ``DNSREG_API``; a bare ``host:port`` means ``http://``, or
+``https://`` with ``--ca``/``--cert``).
 """
 
 from __future__ import annotations
@@ -18,8 +20,9 @@ from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from dnsreg.client.client import Client
+from dnsreg.client.ops import OPS_COMMANDS, add_ops_commands, client_for
 from dnsreg.client.registration import InstanceSpec, check_flags, parse_meta
+from dnsreg.core.drain import parse_wait_override
 from dnsreg.core.errors import DnsregError
 
 DEFAULT_API = "http://127.0.0.1:8500"
@@ -33,6 +36,11 @@ COMMANDS = (
     "registrar",
     "explain",
     "backup",
+    "status",
+    "maintenance",
+    "heartbeat",
+    "drain",
+    "completion",
 )
 
 
@@ -42,7 +50,8 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         "--api",
         default=os.environ.get("DNSREG_API", DEFAULT_API),
         metavar="URL",
-        help=f"the server's HTTP API (env DNSREG_API, default {DEFAULT_API})",
+        help=f"the server's HTTP API, a URL or host:port (http://, https:// with --ca or "
+        f"--cert; env DNSREG_API, default {DEFAULT_API})",
     )
     # HTTPS and tokens (README "TLS"): each flag also from the environment.
     api.add_argument(
@@ -69,56 +78,41 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         metavar="SECRET",
         help="sent as Authorization: Bearer (default: env DNSREG_TOKEN, which ps cannot show)",
     )
-    fields = argparse.ArgumentParser(add_help=False)
-    fields.add_argument("--port", type=int, required=True, help="the port the service listens on")
-    fields.add_argument("--id", help="instance id (default: <host name>-<port>)")
-    fields.add_argument("--address", help="IPv4/IPv6 address (default: as the server sees us)")
-    fields.add_argument("--proto", choices=["tcp", "udp"], help="SRV protocol (tcp)")
-    fields.add_argument("--tag", action="append", default=[], help="a tag (repeatable)")
-    fields.add_argument(
-        "--meta", action="append", default=[], metavar="KEY=VALUE", help="metadata (repeatable)"
-    )
-    fields.add_argument("--weight", type=int, help="SRV weight, 1-65535 (1)")
-    fields.add_argument("--priority", type=int, help="SRV priority, 0-65535 (0)")
-    fields.add_argument("--ttl", help="lease, e.g. 10s; 0 for none (server default 30s)")
-    fields.add_argument("--dns-ttl", dest="dns_ttl", help="TTL of its DNS records (5s)")
-    fields.add_argument(
-        "--check-http", dest="check_http", action="append", default=[], metavar="URL"
-    )
-    fields.add_argument(
-        "--check-tcp", dest="check_tcp", action="append", default=[], metavar="HOST:PORT"
-    )
-    fields.add_argument("--check-interval", dest="check_interval", metavar="DURATION")
-    fields.add_argument("--check-timeout", dest="check_timeout", metavar="DURATION")
-
+    fields = _fields("server default 30s")
+    run_fields = _fields("default 10s")
     p = sub.add_parser("register", parents=[api, fields], help="register an instance")
-    p.add_argument("service")
+    p.add_argument("service", help="the service name")
     p.add_argument(
         "--keepalive",
         action="store_true",
-        help="stay in the foreground, heartbeat, deregister on Ctrl-C/SIGTERM (lease 10s)",
+        help="stay in the foreground, heartbeat, deregister on Ctrl-C/SIGTERM "
+        "(lease then defaults to 10s)",
     )
 
     p = sub.add_parser("deregister", parents=[api], help="remove an instance")
-    p.add_argument("service")
-    p.add_argument("id")
+    p.add_argument("service", help="the service name")
+    p.add_argument("id", help="the instance id")
 
     p = sub.add_parser("ls", parents=[api], help="list services")
-    p.add_argument("prefix", nargs="?", default="")
+    p.add_argument("prefix", nargs="?", default="", help="only names starting with this")
     p.add_argument("--json", action="store_true", help="print the API's JSON")
 
-    p = sub.add_parser("show", parents=[api], help="show the instances of a service")
-    p.add_argument("service")
+    p = sub.add_parser(
+        "show", parents=[api], help="the instances of a service, with check output; exit 1 if none"
+    )
+    p.add_argument("service", help="the service name")
     p.add_argument("--json", action="store_true", help="print the API's JSON")
 
-    p = sub.add_parser("watch", parents=[api], help="print changes as they happen")
-    p.add_argument("prefix", nargs="?", default="")
+    p = sub.add_parser(
+        "watch", parents=[api], help="print changes as they happen (connection news on stderr)"
+    )
+    p.add_argument("prefix", nargs="?", default="", help="only services starting with this")
     p.add_argument("--json", action="store_true", help="one JSON object per line")
     p.add_argument("--since", type=int, help="start after this revision (default: now)")
 
     p = sub.add_parser(
         "run",
-        parents=[api, fields],
+        parents=[api, run_fields],
         help="register while a command runs",
         usage="dnsreg run --name SERVICE --port PORT [flags] -- CMD [ARGS...]",
     )
@@ -127,8 +121,13 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         "--no-wait",
         dest="no_wait",
         action="store_true",
-        help="register at once instead of when the port accepts connections",
+        help="register at once instead of when the command holds --port",
     )
+    p.add_argument(
+        "--drain-wait", dest="drain_wait", metavar="DURATION",
+        help="on SIGTERM/SIGINT: withdraw from DNS, wait this long, then forward the signal "
+        "(default: the instance's dns_ttl; 0 forwards at once)",
+    )  # fmt: skip
     p.add_argument("argv", nargs=argparse.REMAINDER, metavar="CMD", help="-- CMD [ARGS...]")
 
     p = sub.add_parser(
@@ -151,11 +150,50 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     p = sub.add_parser(
         "backup", parents=[api], help="copy a server's SQLite store into FILE (README: Backups)"
     )
-    p.add_argument("file", type=Path, metavar="FILE")
+    p.add_argument("file", type=Path, metavar="FILE", help="the new file to write")
     p.add_argument(
         "--data-dir", dest="data_dir", type=Path, metavar="DIR",
         help="copy straight from this data directory instead of asking --api",
     )  # fmt: skip
+    add_ops_commands(sub, api)
+
+
+def _fields(lease_default: str) -> argparse.ArgumentParser:
+    """The instance flags of register and run; only the lease default differs."""
+    fields = argparse.ArgumentParser(add_help=False)
+    fields.add_argument("--port", type=int, required=True, help="the port the service listens on")
+    fields.add_argument("--id", help="instance id (default: <host name>-<port>)")
+    fields.add_argument("--address", help="IPv4/IPv6 address (default: as the server sees us)")
+    fields.add_argument("--proto", choices=["tcp", "udp"], help="SRV protocol (tcp)")
+    fields.add_argument("--tag", action="append", default=[], help="a tag (repeatable)")
+    fields.add_argument(
+        "--meta", action="append", default=[], metavar="KEY=VALUE", help="metadata (repeatable)"
+    )
+    fields.add_argument("--weight", type=int, help="SRV weight, 1-65535 (1)")
+    fields.add_argument("--priority", type=int, help="SRV priority, 0-65535 (0)")
+    fields.add_argument(
+        "--ttl", metavar="DURATION", help=f"lease, e.g. 10s; 0 for none ({lease_default})"
+    )
+    fields.add_argument(
+        "--dns-ttl", dest="dns_ttl", metavar="DURATION", help="TTL of its DNS records (5s)"
+    )
+    fields.add_argument(
+        "--check-http", dest="check_http", action="append", default=[], metavar="URL",
+        help="health check: GET URL, 2xx passes, 429 warns (repeatable)",
+    )  # fmt: skip
+    fields.add_argument(
+        "--check-tcp", dest="check_tcp", action="append", default=[], metavar="HOST:PORT",
+        help="health check: a TCP connection must open (repeatable)",
+    )  # fmt: skip
+    fields.add_argument(
+        "--check-interval", dest="check_interval", metavar="DURATION",
+        help="time between check runs (10s)",
+    )  # fmt: skip
+    fields.add_argument(
+        "--check-timeout", dest="check_timeout", metavar="DURATION",
+        help="a check run's time limit (2s, or the interval when shorter)",
+    )  # fmt: skip
+    return fields
 
 
 def run_command(args: argparse.Namespace) -> int:
@@ -178,6 +216,7 @@ def run_command(args: argparse.Namespace) -> int:
         "registrar": _registrar,
         "explain": _explain,
         "backup": _backup,
+        **OPS_COMMANDS,
     }[args.command]
     try:
         return asyncio.run(command(args))
@@ -188,8 +227,7 @@ def run_command(args: argparse.Namespace) -> int:
         return 130
 
 
-def _client(args: argparse.Namespace) -> Client:
-    return Client(args.api, ca=args.ca, cert=args.cert, key=args.key, token=args.token)
+_client = client_for
 
 
 def _spec(
@@ -293,8 +331,9 @@ async def _show(args: argparse.Namespace) -> int:
         print(json.dumps(body, indent=2))
         return 0
     if not instances:
-        print(f"no instances of {args.service}")
-        return 0
+        # A service exists while it has instances (SPEC §3): none means unknown here.
+        print(f"dnsreg: no instances of {args.service}", file=sys.stderr)
+        return 1
     now = time.time()
     rows = [["ID", "ADDRESS", "HEALTH", "SERVED", "LEASE", "TAGS", "META"]]
     for i in instances:
@@ -314,6 +353,17 @@ async def _show(args: argparse.Namespace) -> int:
             ]
         )
     _table(rows, sys.stdout)
+    checks = [(i["id"], c) for i in instances for c in i.get("check_status", [])]
+    if checks:
+        print()
+        _table(
+            [["ID", "CHECK", "STATE", "OUTPUT"]]
+            + [
+                [iid, f"{c['kind']} {c['target']}", c["state"], " ".join(c["output"].split())]
+                for iid, c in checks
+            ],
+            sys.stdout,
+        )
     return 0
 
 
@@ -322,7 +372,10 @@ async def _watch(args: argparse.Namespace) -> int:
     async with _client(args) as c:
 
         async def follow() -> None:
-            async for event in c.watch(prefix=args.prefix, since=args.since):
+            def news(line: str) -> None:
+                print(f"dnsreg: {line}", file=sys.stderr, flush=True)
+
+            async for event in c.watch(prefix=args.prefix, since=args.since, on_state=news):
                 if args.json:
                     line = json.dumps(
                         {
@@ -363,8 +416,9 @@ async def _run(args: argparse.Namespace) -> int:
     if command and command[0] == "--":
         command = command[1:]
     spec = _spec(args, args.name, default_ttl="10s")
+    drain_wait = parse_wait_override(args.drain_wait)
     async with _client(args) as c:
-        return await run(c, spec, command, wait_ready=not args.no_wait)
+        return await run(c, spec, command, wait_ready=not args.no_wait, drain_wait=drain_wait)
 
 
 async def _registrar(args: argparse.Namespace) -> int:
@@ -414,7 +468,6 @@ def explain_text(e: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-# ------------------------------------------------------------------- helpers
 async def _backup(args: argparse.Namespace) -> int:
     from dnsreg.client.backup import backup_from_api, backup_from_data_dir
 

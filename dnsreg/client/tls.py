@@ -76,7 +76,15 @@ def tls_failure(api: str, exc: BaseException) -> TlsFailure | None:
             "(it requires a client certificate it trusts): give one with --cert FILE --key FILE"
         )
     if isinstance(exc, aiohttp.ClientSSLError | ssl.SSLError):
-        return TlsFailure(f"cannot reach {api}: TLS failed: {_reason(exc)}")
+        cause = exc.__cause__ if isinstance(exc.__cause__, ssl.SSLError) else exc
+        if "wrong version number" in text and api.startswith("https://"):
+            # The answer was not TLS at all: most likely a plain-HTTP server.
+            plain = "http://" + api.removeprefix("https://")
+            return TlsFailure(
+                f"cannot reach {api}: the server does not speak TLS there "
+                f"(is it plain HTTP? try --api {plain})"
+            )
+        return TlsFailure(f"cannot reach {api}: TLS failed: {_reason(cause)}")
     return None
 
 
@@ -99,7 +107,8 @@ def disconnect_hint(api: str, exc: BaseException, *, has_cert: bool) -> str | No
 
 
 def _reason(exc: BaseException) -> str:
-    if isinstance(exc, ssl.SSLError) and exc.reason:
+    # aiohttp's ClientConnectorSSLError is an ssl.SSLError without .reason.
+    if isinstance(exc, ssl.SSLError) and getattr(exc, "reason", None):
         return str(exc.reason).lower().replace("_", " ")
     if isinstance(exc, OSError) and exc.strerror:
         return exc.strerror

@@ -62,6 +62,11 @@ class Check:
     deregister_after: float | None = None
     id: str | None = None
     name: str | None = None
+    #: Set at registration when the target's host is a name that had to resolve to
+    #: the instance (SPEC §7): the checker connects here instead of resolving the
+    #: name again, so a DNS answer that changes later (rebinding) cannot move the
+    #: check to another host. The name still goes in Host and TLS SNI.
+    connect_to: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -76,6 +81,8 @@ class Check:
             out["id"] = self.id
         if self.name is not None:
             out["name"] = self.name
+        if self.connect_to is not None:
+            out["connect_to"] = self.connect_to
         return out
 
 
@@ -133,6 +140,7 @@ class Registration:
                     deregister_after=c.get("deregister_after"),
                     id=c.get("id"),
                     name=c.get("name"),
+                    connect_to=c.get("connect_to"),
                 )
             )
         return cls(
@@ -209,6 +217,10 @@ class Instance:
     revision: int  # the registry revision of the last change to this instance
     checks: tuple[CheckStatus, ...] = ()
     maintenance: str | None = None  # reason, when in maintenance
+    #: The lease was renewed (heartbeat or re-registration) at least once since it
+    #: was granted. Only such leases count toward self-preservation (SPEC §7): a
+    #: burst of throw-away registrations that never renew must not pause expiry.
+    renewed: bool = False
 
     @property
     def health(self) -> Health:

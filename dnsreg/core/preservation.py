@@ -53,6 +53,10 @@ class ExpiryGuard:
 
     The rule, evaluated whenever a lease is due and every second while holding:
 
+    * only leases renewed at least once count (SPEC §7; the store passes just
+      those in and reports just their expiries): registrations that never
+      renew, a stream of throw-aways above all, cannot trip the guard, and
+      they expire as usual even while it holds;
     * *leases* = leased instances present + leases expired within the last
       lease period (their own TTL);
     * *lapsing* = present leases that are overdue or have gone more than half

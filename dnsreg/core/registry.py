@@ -226,6 +226,8 @@ class Registry:
             revision=revision,
             checks=checks,
             maintenance=before.maintenance if before is not None else None,
+            # Re-registering renews the lease (SPEC §3) just as a heartbeat does.
+            renewed=before is not None,
         )
         if before is not None:
             self._unindex(before)
@@ -240,7 +242,10 @@ class Registry:
         :meth:`set_revision`.
         """
         ttl = instance.reg.ttl
-        renewed = instance.with_changes(deadline=now + ttl if ttl > 0 else None)
+        # A lease that made it across a restart counts as established for
+        # self-preservation: if the registry comes back with its network still
+        # down, the guard must protect these, and none has had a chance to renew.
+        renewed = instance.with_changes(deadline=now + ttl if ttl > 0 else None, renewed=True)
         existing = self.get(instance.reg.service, instance.reg.id)
         if existing is not None:
             self._unindex(existing)
@@ -256,18 +261,25 @@ class Registry:
         """Renew a lease. Not a change: nothing DNS shows moves."""
         instance = self.require(service, instance_id)
         if instance.reg.ttl > 0:
-            instance = instance.with_changes(deadline=now + instance.reg.ttl)
+            instance = instance.with_changes(deadline=now + instance.reg.ttl, renewed=True)
             self._services[service][instance_id] = instance
         return instance
 
     def deregister(self, service: str, instance_id: str) -> Change:
         return self._remove(service, instance_id, ChangeKind.DEREGISTERED)
 
-    def expire_due(self, now: float) -> list[Change]:
-        """Remove every instance whose lease deadline is at or before ``now``."""
+    def expire_due(self, now: float, *, held: bool = False) -> list[Change]:
+        """Remove every instance whose lease deadline is at or before ``now``.
+
+        ``held``: self-preservation holds expiry (SPEC §3); only leases that were
+        never renewed expire then (SPEC §7: they do not count toward the guard,
+        so they expire as usual), the renewed ones stay due.
+        """
         changes: list[Change] = []
+        kept: list[tuple[float, str, str]] = []
         while self._leases and self._leases[0][0] <= now:
-            _, service, instance_id = heapq.heappop(self._leases)
+            entry = heapq.heappop(self._leases)
+            _, service, instance_id = entry
             instance = self.get(service, instance_id)
             if instance is None or instance.deadline is None:
                 continue  # gone or no longer leased: a stale heap entry
@@ -275,7 +287,12 @@ class Registry:
                 # Renewed since this entry was pushed: track the new deadline.
                 heapq.heappush(self._leases, (instance.deadline, service, instance_id))
                 continue
+            if held and instance.renewed:
+                kept.append(entry)
+                continue
             changes.append(self._remove(service, instance_id, ChangeKind.EXPIRED))
+        for entry in kept:
+            heapq.heappush(self._leases, entry)
         return changes
 
     def first_due(self, now: float) -> Instance | None:
@@ -300,6 +317,14 @@ class Registry:
         for instances in self._services.values():
             for i in instances.values():
                 if i.deadline is not None:
+                    yield i.deadline, i.reg.ttl
+
+    def guarded_leases(self) -> Iterator[tuple[float, float]]:
+        """(deadline, ttl) of the leases self-preservation counts: those renewed at
+        least once (SPEC §7), so registrations that never renew cannot trip it."""
+        for instances in self._services.values():
+            for i in instances.values():
+                if i.deadline is not None and i.renewed:
                     yield i.deadline, i.reg.ttl
 
     def due_for_expiry(self, now: float) -> list[Instance]:

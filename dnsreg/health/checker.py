@@ -37,6 +37,7 @@ from dnsreg.core.model import Check, Health, Instance
 from dnsreg.core.registry import Change, ChangeKind, Registry
 from dnsreg.core.targets import HttpTarget
 from dnsreg.health.http_probe import HttpAnswer, ProtocolError, ResponseReader
+from dnsreg.health.outcome import HostTurns, error_kind, host_of, status_line
 from dnsreg.health.rules import (
     MAX_OUTPUT,
     ProbeResult,
@@ -66,6 +67,7 @@ class Checker:
         store: Store,
         *,
         concurrency: int = DEFAULT_CONCURRENCY,
+        per_address: int = 1,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.store = store
@@ -74,6 +76,9 @@ class Checker:
         self.concurrency = concurrency
         self._tls: ssl.SSLContext | None = None  # made on first use: it is not cheap
         self._slots = asyncio.Semaphore(concurrency)
+        # SPEC §7: at most one probe in flight per target host, so many
+        # registrations aimed at one host cannot make the checker a flood.
+        self._hosts = HostTurns(per_address)
         self._tasks: dict[Key, list[asyncio.Task[None]]] = {}
         self._closing = False
         # TTL checks sleep on these between their deadlines; a report sets them.
@@ -259,22 +264,28 @@ class Checker:
         return self.registry.require(service, instance_id)
 
     async def probe(self, check: Check, target: HttpTarget | None = None) -> ProbeResult | None:
-        """Run ``check`` once (waiting for a free slot first); never raises for the target's
-        failures, which are results like any other. ``target``: the check's URL, parsed.
+        """Run ``check`` once (waiting for its host and a free slot first); never raises for
+        the target's failures, which are results like any other. ``target``: the check's
+        URL, parsed.
 
         None: the probe could not run for a local reason (out of descriptors or
         buffers): that says nothing of the target, so the check keeps its state."""
         loop = asyncio.get_running_loop()
-        async with self._slots:
+        if check.kind == "http":
+            with contextlib.suppress(ValueError):  # reported as the result below
+                target = target or HttpTarget.parse(check.target)
+        # The host's turn first, then a global slot: checks queued behind one slow
+        # host must not hold slots that checks of other hosts could use.
+        async with self._hosts.turn(_host_of(check, target)), self._slots:
             self.in_flight += 1
             started, t0 = self.clock(), loop.time()
             try:
                 async with asyncio.timeout(check.timeout):
                     if check.kind == "http":
                         target = target or HttpTarget.parse(check.target)
-                        health, output = await self._http(target)
+                        health, output = await self._http(target, check.connect_to)
                     else:
-                        health, output = await self._tcp(check.target)
+                        health, output = await self._tcp(check.target, check.connect_to)
             except TimeoutError:
                 health = Health.CRITICAL
                 output = f"{_what(check)}: timed out after {format_duration(check.timeout)}"
@@ -282,9 +293,9 @@ class Checker:
                 if exc.errno in LOCAL_RESOURCE_ERRNOS:
                     self._local_error(check, exc)
                     return None
-                health, output = Health.CRITICAL, f"{_what(check)}: {_describe(exc)}"
+                health, output = Health.CRITICAL, f"{_what(check)}: {error_kind(exc)}"
             except Exception as exc:  # refused, reset, bad name, TLS, ...: all say "critical"
-                health, output = Health.CRITICAL, f"{_what(check)}: {_describe(exc)}"
+                health, output = Health.CRITICAL, f"{_what(check)}: {error_kind(exc)}"
             finally:
                 self.in_flight -= 1
             duration = loop.time() - t0
@@ -302,13 +313,15 @@ class Checker:
                 _describe(exc), self.local_errors, _what(check),
             )  # fmt: skip
 
-    async def _http(self, target: HttpTarget) -> tuple[Health, str]:
-        answer = await self._get(target)
-        head = f"HTTP GET {target.url}: {answer.status} {answer.reason}".rstrip()
-        text = answer.body.decode("utf-8", "replace").strip()
-        return http_verdict(answer.status), f"{head}: {text}" if text else head
+    async def _http(self, target: HttpTarget, connect_to: str | None) -> tuple[Health, str]:
+        answer = await self._get(target, connect_to)
+        # SPEC §7: the status line only. The body (and the server's own reason
+        # phrase) is the target's data, and check output is shown to anyone who
+        # can read the API, the log or the event stream: an internal URL's
+        # secret must not come back through it.
+        return http_verdict(answer.status), f"HTTP GET {target.url}: {status_line(answer.status)}"
 
-    async def _get(self, target: HttpTarget) -> HttpAnswer:
+    async def _get(self, target: HttpTarget, connect_to: str | None = None) -> HttpAnswer:
         loop = asyncio.get_running_loop()
         answered: asyncio.Future[HttpAnswer] = loop.create_future()
         tls: ssl.SSLContext | None = None
@@ -318,7 +331,7 @@ class Checker:
             tls = self._tls
         transport, _ = await loop.create_connection(
             lambda: _HttpProbe(target.request, answered),
-            target.host,
+            connect_to or target.host,
             target.port,
             ssl=tls,
             server_hostname=target.host if tls is not None else None,
@@ -328,10 +341,12 @@ class Checker:
         finally:
             transport.close()  # at once, also on timeout: the rest of the body is not needed
 
-    async def _tcp(self, target: str) -> tuple[Health, str]:
+    async def _tcp(self, target: str, connect_to: str | None = None) -> tuple[Health, str]:
         host, _, port = target.rpartition(":")
         loop = asyncio.get_running_loop()
-        transport, _ = await loop.create_connection(asyncio.Protocol, host.strip("[]"), int(port))
+        transport, _ = await loop.create_connection(
+            asyncio.Protocol, connect_to or host.strip("[]"), int(port)
+        )
         transport.close()
         return Health.PASSING, f"TCP connect {target}: success"
 
@@ -425,6 +440,14 @@ class _HttpProbe(asyncio.Protocol):
             self.answered.set_exception(error)
 
 
+def _host_of(check: Check, target: HttpTarget | None) -> str:
+    if check.connect_to is not None:
+        return host_of(check.connect_to)
+    if target is not None:
+        return host_of(target.host)
+    return host_of(check.target.rpartition(":")[0] if check.kind == "tcp" else check.target)
+
+
 def _what(check: Check) -> str:
     if check.kind == "ttl":
         return f"TTL {check.target}"
@@ -432,6 +455,7 @@ def _what(check: Check) -> str:
 
 
 def _describe(exc: BaseException) -> str:
+    """For local failures only (our descriptors, our buffers): never a target's words."""
     text = str(exc).strip()
     name = type(exc).__name__
     return f"{name}: {text}" if text else name

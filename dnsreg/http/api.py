@@ -12,6 +12,7 @@ import msgspec
 from aiohttp import web
 
 from dnsreg import __version__
+from dnsreg.core.admission import AdmissionPolicy
 from dnsreg.core.errors import (
     Conflict,
     DnsregError,
@@ -27,7 +28,9 @@ from dnsreg.core.errors import (
 from dnsreg.core.model import Instance
 from dnsreg.core.names import check_label
 from dnsreg.core.registry import Registry
-from dnsreg.http.auth import Auth
+from dnsreg.http.admission import admit_checks, may_check_any_host
+from dnsreg.http.auth import Auth, AuthMode
+from dnsreg.http.drain import DrainRoute
 from dnsreg.http.events import EventHub
 from dnsreg.http.explain import Explainer, add_explain_route
 from dnsreg.http.listing import Listing
@@ -116,8 +119,10 @@ class Api:
         events_keepalive: float = 15.0,
         explain: Explainer | None = None,
         body_timeout: float = 30.0,
+        admission: AdmissionPolicy = AdmissionPolicy(),  # noqa: B008 - frozen
     ) -> None:
         self.registry = registry
+        self.admission = admission
         self.store = store
         self.metrics = metrics
         self.describe = describe
@@ -147,6 +152,10 @@ class Api:
         r.add_delete(base, write("deregister", self.deregister))
         r.add_put(base + "/heartbeat", write("heartbeat", self.heartbeat))
         r.add_put(base + "/maintenance", write("maintenance", self.maintenance))
+        drain = DrainRoute(
+            registry, store, read_body=self._body, view=self._instance_view, respond=json_response
+        )
+        r.add_put(base + "/drain", write("drain", drain.handle))
         # Reads take ?index=&wait= (SPEC §5); writes skip that layer, which costs
         # measurable time per heartbeat.
         r.add_get("/v1/services", self._blocking(self.list_services))
@@ -190,6 +199,11 @@ class Api:
             check_label(request.match_info["id"], field="id"),
         )
 
+    def _checks_any_host(self, request: web.Request) -> bool:
+        tokens = self.auth.mode is AuthMode.TOKENS
+        principal = self.auth.principal(request) if tokens else None
+        return may_check_any_host(self.admission, principal, tokens=tokens)
+
     def _instance_view(self, instance: Instance) -> dict[str, Any]:
         view = instance.to_json()
         view["panic"] = self.registry.in_panic(instance.reg.service)
@@ -199,7 +213,8 @@ class Api:
     async def register(self, request: web.Request) -> web.Response:
         service, instance_id = self._names(request)
         body: RegisterBody = decode_body(await self._body(request), RegisterBody)
-        reg = to_registration(service, instance_id, body, request.remote)
+        reg = to_registration(service, instance_id, body, request.remote, self.admission)
+        reg = await admit_checks(reg, any_host=self._checks_any_host(request))
         change = await self.store.register(reg)
         assert change.after is not None
         created = change.before is None

@@ -32,12 +32,14 @@ from aiohttp import web
 
 from dnsreg import __version__
 from dnsreg.core.acl import Principal, Right
+from dnsreg.core.admission import AdmissionPolicy
 from dnsreg.core.changelog import blocking_timeout, parse_index, parse_wait
 from dnsreg.core.errors import Conflict, DnsregError, InvalidInput, NotFound, PayloadTooLarge
 from dnsreg.core.model import Health, Instance
 from dnsreg.core.registry import Change, ChangeKind, Registry
+from dnsreg.http.admission import admit_checks, may_check_any_host
 from dnsreg.http.api import STATUS_FOR_ERROR
-from dnsreg.http.auth import Auth, audit
+from dnsreg.http.auth import Auth, AuthMode, audit
 from dnsreg.http.consul_schema import (
     STATUS_OF,
     ConsulCheckUpdate,
@@ -90,7 +92,9 @@ class ConsulApi:
         address: str,
         report_ttl: ReportTtl,
         auth: Auth,
+        admission: AdmissionPolicy = AdmissionPolicy(),  # noqa: B008 - frozen
     ) -> None:
+        self.admission = admission
         self.registry = registry
         self.store = store
         self.events = events
@@ -279,8 +283,13 @@ class ConsulApi:
     # ---------------------------------------------------------------- writes
     async def register(self, request: web.Request) -> web.Response:
         body: ConsulService = decode(await self._raw(request), ConsulService)
-        reg = to_registration(body, request.remote)
+        reg = to_registration(body, request.remote, self.admission)
         principal = self._authorize(request, reg.service)
+        # SPEC §7, the same rules as the native route: checks hit their own instance.
+        tokens = self.auth.mode is AuthMode.TOKENS
+        reg = await admit_checks(
+            reg, any_host=may_check_any_host(self.admission, principal, tokens=tokens)
+        )
         # Consul's service IDs are unique per agent: registering an ID under another
         # name moves it there, as re-registering does in Consul.
         moved = [

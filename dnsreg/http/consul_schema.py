@@ -21,6 +21,7 @@ from typing import Any, Literal
 
 import msgspec
 
+from dnsreg.core.admission import AdmissionPolicy
 from dnsreg.core.durations import parse_duration
 from dnsreg.core.errors import InvalidInput
 from dnsreg.core.model import Check, Health, Registration
@@ -173,7 +174,9 @@ def default_check_id(service_id: str, index: int, count: int) -> str:
     return f"service:{service_id}" if count == 1 else f"service:{service_id}:{index + 1}"
 
 
-def _to_check(body: ConsulCheck, where: str, check_id: str, service_name: str) -> Check:
+def _to_check(
+    body: ConsulCheck, where: str, check_id: str, service_name: str, policy: AdmissionPolicy
+) -> Check:
     kinds = [k for k in ("HTTP", "TCP", "TTL") if getattr(body, k.lower()) is not None]
     if len(kinds) != 1:
         raise InvalidInput(f"{where}: give exactly one of HTTP, TCP or TTL (dnsreg runs those)")
@@ -219,14 +222,20 @@ def _to_check(body: ConsulCheck, where: str, check_id: str, service_name: str) -
     )
     # The native validation (URL, HOST:PORT, interval and timeout bounds), one copy of it.
     try:
-        check = _check(native, 0)
+        check = _check(native, 0, policy)
     except InvalidInput as exc:
         raise InvalidInput(exc.message.replace("checks[0]", where), field=where) from exc
     return replace(check, id=check_id, name=name)
 
 
-def to_registration(body: ConsulService, caller: str | None) -> Registration:
-    """A Consul service definition as a dnsreg registration without a lease."""
+def to_registration(
+    body: ConsulService,
+    caller: str | None,
+    policy: AdmissionPolicy = AdmissionPolicy(),  # noqa: B008 - frozen, so shared safely
+) -> Registration:
+    """A Consul service definition as a dnsreg registration without a lease.
+
+    ``policy``: the same admission rules as the native route (SPEC §7)."""
     service = check_label(body.name, field="Name")
     instance_id = check_label(body.id if body.id is not None else body.name, field="ID")
     if body.port is None:
@@ -243,7 +252,7 @@ def to_registration(body: ConsulService, caller: str | None) -> Registration:
         weight=weights.passing,
         ttl=0.0,
     )
-    reg = native_registration(service, instance_id, native, caller)
+    reg = native_registration(service, instance_id, native, caller, policy)
     converted = []
     seen: set[str] = set()
     for n, c in enumerate(checks):
@@ -252,7 +261,7 @@ def to_registration(body: ConsulService, caller: str | None) -> Registration:
         if check_id in seen:
             raise InvalidInput(f"{where}.CheckID: {check_id!r} is given twice")
         seen.add(check_id)
-        converted.append(_to_check(c, where, check_id, service))
+        converted.append(_to_check(c, where, check_id, service, policy))
     return replace(reg, checks=tuple(converted))
 
 

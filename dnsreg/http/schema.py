@@ -8,6 +8,7 @@ from typing import Any, Literal
 
 import msgspec
 
+from dnsreg.core.admission import AdmissionPolicy, check_address, check_interval
 from dnsreg.core.durations import parse_duration
 from dnsreg.core.errors import InvalidInput
 from dnsreg.core.model import (
@@ -90,7 +91,7 @@ def _range(value: int, low: int, high: int, field: str) -> int:
     return value
 
 
-def _check(body: CheckBody, n: int) -> Check:
+def _check(body: CheckBody, n: int, policy: AdmissionPolicy) -> Check:
     where = f"checks[{n}]"
     if (body.http is None) == (body.tcp is None):
         raise InvalidInput(f"{where}: give exactly one of 'http' or 'tcp'", field=where)
@@ -115,8 +116,7 @@ def _check(body: CheckBody, n: int) -> Check:
         if body.timeout is not None
         else min(DEFAULT_CHECK_TIMEOUT, interval)
     )
-    if interval < 0.1:
-        raise InvalidInput(f"{where}.interval: at least 100ms", field=f"{where}.interval")
+    check_interval(interval, policy, field=f"{where}.interval")
     if not 0 < timeout <= interval:
         raise InvalidInput(
             f"{where}.timeout: must be above 0 and at most the interval", field=f"{where}.timeout"
@@ -138,9 +138,17 @@ def _check(body: CheckBody, n: int) -> Check:
 
 
 def to_registration(
-    service: str, instance_id: str, body: RegisterBody, caller: str | None
+    service: str,
+    instance_id: str,
+    body: RegisterBody,
+    caller: str | None,
+    policy: AdmissionPolicy = AdmissionPolicy(),  # noqa: B008 - frozen, so shared safely
 ) -> Registration:
-    """Validate a register body into a Registration (names folded to lower case)."""
+    """Validate a register body into a Registration (names folded to lower case).
+
+    ``policy``: the operator's admission rules (SPEC §7). Check hosts that are
+    names are resolved by the caller afterwards (:mod:`dnsreg.http.admission`).
+    """
     service = check_label(service, field="service")
     instance_id = check_label(instance_id, field="id")
     address_text = body.address or caller
@@ -152,6 +160,7 @@ def to_registration(
         raise InvalidInput(
             f"address: {address_text!r} is not an IPv4 or IPv6 address", field="address"
         ) from exc
+    check_address(address, policy)
     if len(body.tags) > MAX_TAGS:
         raise InvalidInput(f"tags: at most {MAX_TAGS}", field="tags")
     tags = tuple(dict.fromkeys(check_label(t, field=f"tags[{n}]") for n, t in enumerate(body.tags)))
@@ -185,5 +194,5 @@ def to_registration(
         priority=_range(body.priority, 0, 65535, "priority"),
         ttl=ttl,
         dns_ttl=int(dns_ttl),
-        checks=tuple(_check(c, n) for n, c in enumerate(body.checks)),
+        checks=tuple(_check(c, n, policy) for n, c in enumerate(body.checks)),
     )

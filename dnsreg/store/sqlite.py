@@ -258,6 +258,7 @@ class SqliteStore(Store):
         """
         now = self.clock()
         guard = self.expiry_guard
+        held = False
         if guard is not None and guard.enabled:
             if self.registry.first_due(now) is None and not guard.active:
                 return []
@@ -268,15 +269,20 @@ class SqliteStore(Store):
             recent = guard.assessed_at is not None and now - guard.assessed_at < GUARD_REUSE
             if guard.active or not recent:
                 was_active = guard.active
-                guard.assess(now, self.registry.leases())
+                guard.assess(now, self.registry.guarded_leases())
                 self._log_guard(was_active, now)
-            if guard.active:
-                return []
-        changes = await self._submit(lambda: self.registry.expire_due(now))
+                if guard.active is not was_active:
+                    # A caller other than the timer (a test, an admin path) flipped
+                    # the guard: the timer must re-plan (re-assess each second).
+                    self._schedule_changed.set()
+            # Holding: leases never renewed still expire (SPEC §7), the rest wait.
+            held = guard.active
+        changes = await self._submit(lambda: self.registry.expire_due(now, held=held))
         if guard is not None:
             for change in changes:
                 assert change.before is not None
-                guard.expired(now, change.before.reg.ttl)
+                if change.before.renewed:  # the same leases the guard counts
+                    guard.expired(now, change.before.reg.ttl)
         return changes
 
     def _log_guard(self, was_active: bool, now: float) -> None:

@@ -32,7 +32,10 @@ pytestmark = pytest.mark.skipif(
 
 
 class HealthTarget:
-    """A loopback HTTP server whose /health answers what the test says."""
+    """A loopback HTTP server whose /health answers what the test says.
+
+    On 127.0.0.5, the instance's own address: a check must target its instance (SPEC §7).
+    """
 
     def __init__(self) -> None:
         self.status = 200
@@ -47,10 +50,10 @@ class HealthTarget:
         app.router.add_get("/health", health)
         self.runner = web.AppRunner(app, access_log=None)
         await self.runner.setup()
-        site = web.TCPSite(self.runner, "127.0.0.1", 0)
+        site = web.TCPSite(self.runner, "127.0.0.5", 0)
         await site.start()
         port = self.runner.addresses[0][1]
-        self.url = f"http://127.0.0.1:{port}/health"
+        self.url = f"http://127.0.0.5:{port}/health"
 
     async def close(self) -> None:
         if self.runner is not None:
@@ -106,13 +109,13 @@ async def test_dashboard_live_health_and_maintenance(
     # Registered while the page is open: appears without a reload, within 2 s.
     await pg.goto(running.base + "/ui/#web")
     await expect(pg.locator("#conn")).to_have_text("live", timeout=5000)
-    check = {"http": target.url, "interval": "200ms", "timeout": "200ms", "fall": 1}
-    await register(running, "web", "web-1", address="10.0.0.5", ttl="30s", checks=[check],
+    check = {"http": target.url, "interval": "1s", "timeout": "500ms", "fall": 1}
+    await register(running, "web", "web-1", address="127.0.0.5", ttl="30s", checks=[check],
                    tags=["eu"], meta={"version": "2.1"})  # fmt: skip
     card = pg.locator('[data-id="web-1"]')
     await expect(card).to_be_visible(timeout=2000)
     await expect(pg.get_by_role("button", name="web")).to_be_visible(timeout=2000)
-    await expect(card).to_contain_text("10.0.0.5:8080/tcp")
+    await expect(card).to_contain_text("127.0.0.5:8080/tcp")
     await expect(card).to_contain_text("version=2.1")
     await expect(card).to_contain_text("eu")
     await expect(card).to_have_class(re.compile(r"\bis-passing\b"), timeout=3000)
@@ -126,7 +129,7 @@ async def test_dashboard_live_health_and_maintenance(
     await expect(card.locator(".checks")).to_contain_text("c0 critical")
     await expect(card.locator(".checks")).to_contain_text("500")
     await expect(card).to_contain_text("not in DNS")
-    assert "10.0.0.5" not in await a_records(running, "web.service.local")
+    assert "127.0.0.5" not in await a_records(running, "web.service.local")
     target.status = 200
     await expect(card).to_have_class(re.compile(r"\bis-passing\b"), timeout=3000)
 
@@ -135,7 +138,7 @@ async def test_dashboard_live_health_and_maintenance(
     await pg.get_by_role("button", name="Use").click()
     sent: list[Request] = []
     pg.on("request", lambda r: sent.append(r) if r.method == "PUT" else None)
-    assert await a_records(running, "web.service.local") == {"10.0.0.5"}
+    assert await a_records(running, "web.service.local") == {"127.0.0.5"}
     toggle = pg.get_by_role("button", name="Maintenance for web-1")
     await expect(toggle).to_have_attribute("aria-pressed", "false")
     await toggle.click()
@@ -149,7 +152,7 @@ async def test_dashboard_live_health_and_maintenance(
     await toggle.focus()
     await pg.keyboard.press("Enter")
     await expect(toggle).to_have_attribute("aria-pressed", "false", timeout=2000)
-    assert await a_records(running, "web.service.local") == {"10.0.0.5"}
+    assert await a_records(running, "web.service.local") == {"127.0.0.5"}
     assert await pg.evaluate("sessionStorage.getItem('dnsreg.token')") == "s3cret-token"
 
     # The filter box narrows the instances shown.

@@ -63,7 +63,9 @@ class Target:
 def _server(tmp_path: Path, settings: str = "") -> Iterator[Process]:
     (tmp_path / "zones").mkdir(exist_ok=True)
     conf = tmp_path / "dnsreg.toml"
-    conf.write_text(settings)
+    # About descriptors, not admission (tests/http/test_admission.py): the checked
+    # instance is 10.0.0.1, its target on 127.0.0.1, probed every 200 ms.
+    conf.write_text('checks_any_host = true\ncheck_min_interval = "100ms"\n' + settings)
     proc = spawn_server(tmp_path, "--config", str(conf), preexec_fn=_limit_nofile)
     try:
         yield proc

@@ -471,7 +471,9 @@ async def test_health_checks_run_on_one_node_and_move_when_it_dies(
             for id in ids:
                 check = {"http": f"http://127.0.0.1:{port}/h/{id}", "interval": "1s",
                          "timeout": "500ms", "fall": 1}  # fmt: skip
-                await a.register("web", id, ttl="60s", checks=[check])
+                # The target is on 127.0.0.1, so is the instance (SPEC §7: checks hit
+                # their own instance).
+                await a.register("web", id, address="127.0.0.1", ttl="60s", checks=[check])
             await poll(lambda: all(hits[id] for id in ids), within=5)
             theirs = [id for id in ids if not a.store.owns_check("web", id)]
             assert theirs, "rendezvous gave every instance to one node"
