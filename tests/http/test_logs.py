@@ -165,7 +165,12 @@ async def test_debug_lines_for_cache_misses_and_check_attempts(
     closed.bind(("127.0.0.1", 0))
     port = closed.getsockname()[1]
     closed.close()  # nothing listens there: the check fails from its first run
-    await running.register("web", "web-1", checks=[{"tcp": f"127.0.0.1:{port}", "interval": "10s"}])
+    await running.register(
+        "web",
+        "web-1",
+        address="127.0.0.1",
+        checks=[{"tcp": f"127.0.0.1:{port}", "interval": "10s"}],
+    )
     await running.register("api", "api-1")
     for _ in range(3):
         await running.query("api.service.local", "A")
