@@ -42,6 +42,7 @@ from dnsreg.health.metrics import HealthCollector
 from dnsreg.http.api import Api
 from dnsreg.http.auth import Auth, AuthMode, decide_mode
 from dnsreg.http.backup import BackupRoute
+from dnsreg.http.change_log import ChangeLog
 from dnsreg.http.consul import ConsulApi
 from dnsreg.http.limits import (
     ConnectionLimiter,
@@ -51,6 +52,7 @@ from dnsreg.http.limits import (
     raise_nofile_limit,
 )
 from dnsreg.http.metrics import Metrics
+from dnsreg.http.observe import access, access_logger_class
 from dnsreg.http.tls import reload_certificate, server_context
 from dnsreg.store import EtcdOptions, Store, open_store
 from dnsreg.store.datadir_lock import DataDirLock
@@ -151,6 +153,7 @@ class Server:
             self.dns_port = await self.dns.start(cfg.dns.host, cfg.dns.port)
             # 4. HTTP.
             metrics = Metrics(self.registry, lambda: self.store)
+            self.store.commit_observer = metrics.store_commit.observe
             metrics.add(ResponderCollector(lambda: self.responder))
             metrics.add(
                 DnsGuardCollector(
@@ -187,6 +190,7 @@ class Server:
                 admission=cfg.admission,
             ).install(api.app.router)
             auth = self.auth
+            self.store.subscribe(ChangeLog(auth.actors).on_change)
             BackupRoute(
                 self.store,
                 scratch=cfg.data_dir,
@@ -209,8 +213,9 @@ class Server:
             )
             api.app.middlewares.insert(0, self.http_limiter.middleware)
             self.http_runner = web.AppRunner(
-                api.app, access_log=None, handle_signals=False, shutdown_timeout=2,
-                keepalive_timeout=cfg.http_keepalive_timeout,
+                api.app, handle_signals=False, shutdown_timeout=2,
+                keepalive_timeout=cfg.http_keepalive_timeout, access_log=access,
+                access_log_class=access_logger_class(metrics.http, log_requests=cfg.access_log),
             )  # fmt: skip
             await self.http_runner.setup()
             site = LimitedSite(

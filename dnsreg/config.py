@@ -72,6 +72,8 @@ class Config:
     http_max_connections: int = 10_000
     fd_reserve: int | None = None  # descriptors kept for health checks and the store
     log_level: str = "info"
+    log_format: str = "text"  # "text" or "json" (one object per line)
+    access_log: bool = False  # one line per HTTP request on the dnsreg.access logger
     # TLS (SPEC §7): HTTPS for the API, and TLS / user+password towards etcd.
     tls_cert: Path | None = None
     tls_key: Path | None = None
@@ -153,8 +155,12 @@ def _coerce(name: str, value: Any) -> Any:
             if str(value) not in ("open", "token"):
                 raise ConfigError(f'acl_reads: {value!r} is not "open" or "token"')
             return str(value)
-        if name == "insecure_open_api":
+        if name in ("insecure_open_api", "access_log"):
             return _boolean(name, value)
+        if name == "log_format":
+            if str(value) not in ("text", "json"):
+                raise ConfigError(f'log_format: {value!r} is not "text" or "json"')
+            return str(value)
         if name == "advertise":
             if isinstance(value, str):
                 return tuple(v.strip() for v in value.split(",") if v.strip())

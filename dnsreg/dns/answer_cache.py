@@ -94,6 +94,7 @@ class Entry:
     stamp: int
     stale_marked: bool
     rcode: int
+    qtype: int = 0  # for the responses-by-qtype metric, summed at scrape time
     # Each variant: reply header after the id, and everything after the question.
     variants: list[tuple[bytes, bytes]] = field(default_factory=list)
     shuffled: bool = False
@@ -120,12 +121,16 @@ class AnswerCache:
         self.bytes = 0
         self.entries: dict[CacheKey, Entry] = {}
         self.misses = 0
-        # Hits of entries no longer held, by rcode, so metric totals never go down.
-        self.retired: Counter[int] = Counter()
+        # Hits of entries no longer held, by (qtype, rcode), so metric totals never go down.
+        self.retired: Counter[tuple[int, int]] = Counter()
+
+    def _retire(self, entry: Entry) -> None:
+        if entry.hits:
+            self.retired[(entry.qtype, entry.rcode)] += entry.hits
 
     def clear(self) -> None:
         for entry in self.entries.values():
-            self.retired[entry.rcode] += entry.hits
+            self._retire(entry)
         self.entries.clear()
         self.bytes = 0
 
@@ -133,10 +138,19 @@ class AnswerCache:
         entry.variants.append(template)
         self.bytes += len(template[0]) + len(template[1])
 
-    def hits_by_rcode(self) -> Counter[int]:
+    def hits_by_type(self) -> Counter[tuple[int, int]]:
+        """Hits by (qtype, rcode), held entries and retired ones: read at scrape time,
+        so the hot path pays one integer increment per hit and nothing more."""
         out = Counter(self.retired)
         for entry in self.entries.values():
-            out[entry.rcode] += entry.hits
+            if entry.hits:
+                out[(entry.qtype, entry.rcode)] += entry.hits
+        return out
+
+    def hits_by_rcode(self) -> Counter[int]:
+        out: Counter[int] = Counter()
+        for (_, rcode), count in self.hits_by_type().items():
+            out[rcode] += count
         return out
 
     def store(self, key: CacheKey, entry: Entry) -> None:
@@ -147,11 +161,11 @@ class AnswerCache:
             # Bounded memory: drop the oldest quarter (dicts keep insertion order).
             for old in list(entries)[: max(1, len(entries) // 4)]:
                 gone = entries.pop(old)
-                self.retired[gone.rcode] += gone.hits
+                self._retire(gone)
                 self.bytes -= gone.size
         previous = entries.get(key)
         if previous is not None:
-            self.retired[previous.rcode] += previous.hits
+            self._retire(previous)
             self.bytes -= previous.size
         entries[key] = entry
         self.bytes += entry.size

@@ -4,13 +4,25 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 
+import dns.rcode
+import dns.rdatatype
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from dnsreg.dns.responder import Responder
+from dnsreg.dns.responder import NO_QTYPE, Responder
 from dnsreg.dns.rrl import RateLimiter
 from dnsreg.dns.server import TcpListener
-from dnsreg.dns.wire import Rcode
+
+
+def _qtype(code: int) -> str:
+    return "none" if code == NO_QTYPE else dns.rdatatype.to_text(dns.rdatatype.RdataType.make(code))
+
+
+def _rcode(code: int) -> str:
+    try:
+        return dns.rcode.to_text(dns.rcode.Rcode(code))
+    except ValueError:
+        return str(code)
 
 
 class ResponderCollector(Collector):
@@ -23,13 +35,19 @@ class ResponderCollector(Collector):
         responder = self.responder()
         if responder is None:
             return
-        queries = CounterMetricFamily(
-            "dnsreg_dns_responses", "DNS responses sent, by rcode", labels=["rcode"]
+        responses = CounterMetricFamily(
+            "dnsreg_dns_responses",
+            "DNS responses sent, by question type and rcode (cache hits included)",
+            labels=["qtype", "rcode"],
         )
-        for code, count in sorted(responder.counts().items()):
-            name = Rcode(code).name if code in Rcode._value2member_map_ else str(code)
-            queries.add_metric([name], count)
-        yield queries
+        for (qtype, rcode), count in sorted(responder.counts_by_type().items()):
+            responses.add_metric([_qtype(qtype), _rcode(rcode)], count)
+        yield responses
+        # hits / (hits + misses) is the answer cache's hit ratio.
+        yield CounterMetricFamily(
+            "dnsreg_dns_cache_hits", "Queries answered from the answer cache",
+            value=sum(responder.cache.hits_by_type().values()),
+        )  # fmt: skip
         yield CounterMetricFamily(
             "dnsreg_dns_cache_misses", "Cacheable queries answered by the builder",
             value=responder.cache.misses,

@@ -8,10 +8,14 @@ pure answer builder and fills the cache.
 
 from __future__ import annotations
 
+import logging
 import random
 from collections import Counter
 from typing import TYPE_CHECKING
 
+import dns.rdatatype
+
+from dnsreg.core.names import to_text
 from dnsreg.core.registry import Registry
 from dnsreg.dns.answer_cache import AnswerCache, Entry, cache_key, scope_stamp, variants_for
 from dnsreg.dns.answers import Question, Reply, Scope, Settings, answer
@@ -26,6 +30,9 @@ if TYPE_CHECKING:
 
 EDE_STALE_ANSWER = 3  # RFC 8914 §4.4
 TSIG_ROOM = 160  # a TSIG RR with an HMAC-SHA512 MAC and a long key name
+NO_QTYPE = -1  # a packet that did not parse far enough to have a question type
+
+log = logging.getLogger("dnsreg.dns")
 
 
 class Responder:
@@ -50,7 +57,8 @@ class Responder:
         # they may be stale (RFC 8914 "Stale Answer"). Part of every cache entry.
         self.stale = False
         # Plain counters: a prometheus Counter per query would cost more than the answer.
-        self.rcodes: Counter[int] = Counter()
+        # Responses built here, by (qtype, rcode); cache hits are counted on their entry.
+        self.built: Counter[tuple[int, int]] = Counter()
         self.dropped = 0
         self.malformed = 0
         # Set by the server when zone transfers are configured (dns/xfr_out).
@@ -110,10 +118,15 @@ class Responder:
             if bad.reply is None:
                 self.dropped += 1
                 return None
-            self.rcodes[bad.reply[3] & 0xF] += 1
+            self.built[(NO_QTYPE, bad.reply[3] & 0xF)] += 1
             return bad.reply
         if query.signed:
             return self._signed(data, query, tcp)
+        if found is not None and log.isEnabledFor(logging.DEBUG):  # the miss path only
+            log.debug(
+                "answer cache miss: %s %s", to_text(query.qname),
+                dns.rdatatype.to_text(dns.rdatatype.RdataType.make(query.qtype)),
+            )  # fmt: skip
         reply = answer(
             Question(query.qname, query.qtype, query.qclass, tcp),
             self.registry,
@@ -127,7 +140,7 @@ class Responder:
             reply = _mark_stale(reply)
         wire = encode_reply(query, reply, size_limit(query, tcp))
         rcode = wire[3] & 0xF
-        self.rcodes[rcode] += 1
+        self.built[(query.qtype, rcode)] += 1
         if found is not None and found[1] == 12 + len(query.question):
             template = (wire[2:12], wire[found[1] :])
             if entry is not None:
@@ -141,6 +154,7 @@ class Responder:
                         stamp=self._stamp(reply.scope),
                         stale_marked=self.stale and reply.scope != Scope.STATIC,
                         rcode=rcode,
+                        qtype=query.qtype,
                         variants=[template],
                         shuffled=shuffled,
                         want=variants_for(len(wire)) if shuffled else 1,
@@ -153,7 +167,7 @@ class Responder:
         try:
             signed = self.signer.verify(data)
         except Malformed as bad:
-            self.rcodes[Rcode.NOTAUTH] += 1
+            self.built[(query.qtype, Rcode.NOTAUTH)] += 1
             return bad.reply
         reply = answer(
             Question(query.qname, query.qtype, query.qclass, tcp),
@@ -165,7 +179,7 @@ class Responder:
         )
         # Leave room for the TSIG record the signature adds (name, algorithm, MAC).
         wire = encode_reply(query, reply, size_limit(query, tcp) - TSIG_ROOM)
-        self.rcodes[wire[3] & 0xF] += 1
+        self.built[(query.qtype, wire[3] & 0xF)] += 1
         return self.signer.sign(signed, [wire])[0]
 
     def _stamp(self, scope: str) -> int:
@@ -174,9 +188,16 @@ class Responder:
             scope, registry.revision, registry.service_revision(scope), self.static_generation
         )
 
+    def counts_by_type(self) -> dict[tuple[int, int], int]:
+        """Responses sent by (qtype, rcode), cache hits included (for metrics)."""
+        return dict(self.built + self.cache.hits_by_type())
+
     def counts(self) -> dict[int, int]:
-        """Responses sent by rcode, cache hits included (for metrics)."""
-        return dict(self.rcodes + self.cache.hits_by_rcode())
+        """Responses sent by rcode, cache hits included."""
+        out: Counter[int] = Counter()
+        for (_, rcode), count in self.counts_by_type().items():
+            out[rcode] += count
+        return dict(out)
 
 
 def _maybe_transfer(data: bytes) -> bool:

@@ -200,6 +200,11 @@ class Checker:
             try:
                 result = await self.probe(check, target)
                 if result is not None:
+                    if log.isEnabledFor(logging.DEBUG):  # one line per probe: only when asked
+                        log.debug(
+                            "check %s/%s[%d] attempt: %s in %.1fms: %s", service, instance_id,
+                            index, result.health.value, result.duration * 1000, result.output,
+                        )  # fmt: skip
                     await self._record(key, index, check, result)
             except asyncio.CancelledError:
                 raise
@@ -352,6 +357,7 @@ class Checker:
             return  # gone or replaced while the probe ran
         before = instance.checks[index]
         after = apply_result(check, before, result)
+        fields = {"service": service, "id": instance_id, "check": index}
         if after.state is not before.state:
             level = logging.WARNING if after.state is Health.CRITICAL else logging.INFO
             log.log(  # the output names the check: "HTTP GET <url>: 500 ..."
@@ -363,7 +369,16 @@ class Checker:
                 before.state.value,
                 after.state.value,
                 after.output,
+                extra={**fields, "before": before.state.value, "after": after.state.value},
             )
+        elif before.pending and result.health is Health.CRITICAL:
+            # Checks start critical ("not run yet"), so a check that fails from its very
+            # first run changes no state: without this line it would never be logged.
+            log.warning(
+                "check %s/%s[%d] critical from its first run (never passed): %s",
+                service, instance_id, index, after.output,
+                extra={**fields, "before": "pending", "after": after.state.value},
+            )  # fmt: skip
         with contextlib.suppress(NotFound):  # deregistered meanwhile
             await self.store.record_check(service, instance_id, index, after)
 

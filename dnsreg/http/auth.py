@@ -21,6 +21,7 @@ from dnsreg.core.acl import Acl, Principal, Right, authorize, load_acl
 from dnsreg.core.errors import ConfigError, DnsregError, Forbidden, Unauthorized
 from dnsreg.core.names import check_label
 from dnsreg.core.rate_limit import LogBudget
+from dnsreg.http.change_log import Actors
 
 log = logging.getLogger("dnsreg.http")
 audit = logging.getLogger("dnsreg.audit")
@@ -91,6 +92,8 @@ class Auth:
         self.reads_need_token = reads_need_token
         self.clock = clock
         self.refusals = LogBudget(burst=10, per=60.0)
+        # Who each write in flight acts for: the change log (dnsreg.changes) names them.
+        self.actors = Actors()
         # At start a broken file is a ConfigError; on SIGHUP it keeps the previous tokens.
         self.acl = load_acl(acl_file) if acl_file is not None else Acl()
 
@@ -155,10 +158,15 @@ class Auth:
             service = check_label(request.match_info["service"], field="service")
             instance = check_label(request.match_info["id"], field="id")
             principal = self.authorize(request, Right.WRITE, service)
-            response = await handler(request)
-            audit.info(
-                "%s %s/%s by token %s from %s",
-                action, service, instance, principal.name, request.remote,
+            client = request.remote or "-"
+            with self.actors.acting((service, instance), principal.name, client):
+                response = await handler(request)
+            # A heartbeat changes nothing and comes every few seconds per instance:
+            # at INFO it would drown the lines that matter.
+            audit.log(
+                logging.DEBUG if action == "heartbeat" else logging.INFO,
+                "%s %s/%s by token %s from %s", action, service, instance, principal.name, client,
+                extra={"token": principal.name, "client": client, "action": action},
             )  # fmt: skip
             return response
 

@@ -299,16 +299,20 @@ class ConsulApi:
         ]
         for old in moved:
             self._authorize(request, old.reg.service)
-        await self.store.register(reg)
+        actors, client = self.auth.actors, request.remote or "-"  # named in dnsreg.changes
+        with actors.acting(reg.key, principal.name, client):
+            await self.store.register(reg)
         for old in moved:
-            await self.store.deregister(old.reg.service, old.reg.id)
+            with actors.acting(old.reg.key, principal.name, client):
+                await self.store.deregister(old.reg.service, old.reg.id)
         self._audit(request, principal, "register", f"{reg.service}/{reg.id}")
         return _text("", 200)
 
     async def deregister(self, request: web.Request) -> web.Response:
         instance = self._find(request.match_info["id"])
         principal = self._authorize(request, instance.reg.service)
-        await self.store.deregister(instance.reg.service, instance.reg.id)
+        with self.auth.actors.acting(instance.reg.key, principal.name, request.remote or "-"):
+            await self.store.deregister(instance.reg.service, instance.reg.id)
         self._audit(request, principal, "deregister", f"{instance.reg.service}/{instance.reg.id}")
         return _text("", 200)
 
@@ -323,7 +327,8 @@ class ConsulApi:
         principal = self._authorize(request, reg.service)
         reason = request.query.get("reason") or DEFAULT_MAINTENANCE_NOTE
         on = enable.lower() in ("true", "1")
-        await self.store.set_maintenance(reg.service, reg.id, reason if on else None)
+        with self.auth.actors.acting(reg.key, principal.name, request.remote or "-"):
+            await self.store.set_maintenance(reg.service, reg.id, reason if on else None)
         self._audit(
             request, principal, f"maintenance {'on' if on else 'off'}", f"{reg.service}/{reg.id}"
         )

@@ -38,6 +38,9 @@ class Store(abc.ABC):
     def __init__(self, registry: Registry, clock: Callable[[], float]) -> None:
         self.registry = registry
         self.clock = clock
+        #: Called with the seconds each successful commit to the backend took (one
+        #: group commit, one etcd txn): the store commit latency metric.
+        self.commit_observer: Callable[[float], None] | None = None
         self._listeners: list[Listener] = []
         self._membership_listeners: list[Callable[[], None]] = []
         self._stale_listeners: list[StaleListener] = []

@@ -194,6 +194,7 @@ class EtcdStore(EtcdMirror):
             return None
 
         while True:
+            started = time.perf_counter()
             try:
                 result = await self.client.txn(
                     compare, success, failure, budget=max(0.1, deadline - time.monotonic())
@@ -207,6 +208,8 @@ class EtcdStore(EtcdMirror):
                     raise
                 continue
             if result.succeeded:
+                if self.commit_observer is not None:
+                    self.commit_observer(time.perf_counter() - started)
                 return result.revision
             # The compare failed: perhaps because our own earlier attempt landed late.
             return await committed_earlier() if ambiguous else None

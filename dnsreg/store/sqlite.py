@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import logging
 import sqlite3
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -366,6 +367,7 @@ class SqliteStore(Store):
                 )
                 for c in changes
             ]
+            started = time.perf_counter()
             try:
                 await asyncio.to_thread(self._write_batch, writes)
             except sqlite3.Error as exc:
@@ -380,6 +382,8 @@ class SqliteStore(Store):
                     if not future.done():
                         future.set_exception(failure)
                 return
+            if self.commit_observer is not None:
+                self.commit_observer(time.perf_counter() - started)
             self._set_degraded(None)
             for change in changes:
                 registry.redo(change)
@@ -460,8 +464,9 @@ class SqliteStore(Store):
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._schedule_changed.wait(), timeout=delay)
                     continue
+            # Each expiry is logged by the change log (dnsreg.changes), as every change is.
             try:
-                changes = await self.expire_now()
+                await self.expire_now()
             except Unavailable:  # degraded (logged by the writer): retry once a second
                 await asyncio.sleep(1.0)
                 continue
@@ -469,7 +474,3 @@ class SqliteStore(Store):
                 log.exception("store: lease expiry failed")
                 await asyncio.sleep(0.1)
                 continue
-            for change in changes:
-                log.info(
-                    "lease expired: %s/%s (revision %d)", change.service, change.id, change.revision
-                )
