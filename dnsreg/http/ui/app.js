@@ -39,11 +39,29 @@ async function api(path, options = {}) {
   return body;
 }
 
-function showError(message) {
+// The last few errors, newest last: a failed re-list right after a refused write must
+// not hide the refusal (the operator needs to see both).
+const recentErrors = [];
+
+function renderErrors() {
   const box = $("error");
-  box.textContent = message;
-  box.hidden = !message;
-  if (message) setTimeout(() => { if (box.textContent === message) box.hidden = true; }, 8000);
+  box.textContent = recentErrors.join("\n");
+  box.hidden = recentErrors.length === 0;
+}
+
+function showError(message) {
+  if (!message) {
+    recentErrors.length = 0;
+  } else {
+    recentErrors.push(message);
+    if (recentErrors.length > 3) recentErrors.shift();
+    setTimeout(() => {
+      const at = recentErrors.indexOf(message);
+      if (at >= 0) recentErrors.splice(at, 1);
+      renderErrors();
+    }, 8000);
+  }
+  renderErrors();
 }
 
 function announce(text) {
