@@ -29,7 +29,13 @@ async function api(path, options = {}) {
   if (token()) headers.Authorization = "Bearer " + token();
   const resp = await fetch(path, { ...options, headers, cache: "no-store" });
   const date = Date.parse(resp.headers.get("Date") || "");
-  if (!Number.isNaN(date)) state.skew = date - Date.now();
+  if (!Number.isNaN(date)) {
+    // The Date header has whole seconds, truncated (RFC 9110 §5.6.7): the server's
+    // clock is somewhere in [date, date + 1 s). Take the middle, and treat less than a
+    // second either way as no skew, or a 30 s lease on this very machine shows "31s left".
+    const skew = date + 500 - Date.now();
+    state.skew = Math.abs(skew) < 1000 ? 0 : skew;
+  }
   let body = null;
   try { body = await resp.json(); } catch (_) { body = null; }
   if (!resp.ok) {
