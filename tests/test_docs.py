@@ -34,6 +34,7 @@ from tests.docs_blocks import (
     session_steps,
 )
 from tests.helpers import spawn_server
+from tests.test_packaging import verify_unit
 
 BIN = Path(sys.executable).parent
 EXAMPLES = ROOT / "docs" / "examples"
@@ -207,6 +208,15 @@ def test_an_illustrative_block_is_well_formed(block: Block, tmp_path: Path) -> N
         check_externally("nsd-checkconf", block, tmp_path, ".conf")
     elif check == "named-checkconf":
         check_externally("named-checkconf", block, tmp_path, ".conf")
+    elif check == "systemd-dropin":  # a drop-in for contrib/systemd/dnsreg.service
+        if shutil.which("systemd-analyze") is None:
+            pytest.skip("systemd-analyze not installed (Debian package systemd)")
+        drop_in = block.text.replace("/usr/local/bin/dnsreg", str(BIN / "dnsreg"))
+        (tmp_path / "dnsreg.service.d").mkdir()
+        (tmp_path / "dnsreg.service.d" / "override.conf").write_text(drop_in)
+        result = verify_unit(tmp_path, "dnsreg.service", "dnsreg.service")
+        assert result.returncode == 0, result.stderr
+        assert result.stderr.strip() == "", result.stderr
     elif check is not None:
         raise AssertionError(f"{block.where}: unknown check={check}")
     elif block.lang == "toml":
