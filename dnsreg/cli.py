@@ -47,7 +47,7 @@ def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         help="health checks in flight at once (256)",
     )  # fmt: skip
     p.add_argument(
-        "--max-answers", dest="max_answers", type=int, metavar="N", help="cap A/AAAA answers"
+        "--max-answers", dest="max_answers", type=int, metavar="N", help="cap A/AAAA/SRV answers"
     )
     p.add_argument(
         "--stale-after", dest="stale_after", metavar="DURATION",

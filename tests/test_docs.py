@@ -99,7 +99,7 @@ def test_every_example_file_is_shown_in_a_document() -> None:
 def on_free_ports(text: str, http_port: int, dns_port: int) -> str:
     """The documents use the default ports; the test servers listen on free ones."""
     text = re.sub(r"\b(127\.0\.0\.1|localhost):8500\b", rf"\g<1>:{http_port}", text)
-    text = text.replace('port=8500', f"port={http_port}")
+    text = text.replace("port=8500", f"port={http_port}")
     text = text.replace("127.0.0.1:8600", f"127.0.0.1:{dns_port}")
     return text.replace("-p 8600", f"-p {dns_port}")
 
@@ -286,3 +286,28 @@ def test_the_readme_links_every_document() -> None:
 
 def test_the_readme_stays_short() -> None:
     assert len((ROOT / "README.md").read_text().splitlines()) <= 200
+
+
+# --------------------------------------------------------------------------------------
+# The configuration reference is complete
+
+
+def test_the_configuration_reference_names_every_setting_and_flag() -> None:
+    from dataclasses import fields
+
+    from dnsreg.config import Config
+
+    text = (ROOT / "docs" / "operations.md").read_text()
+    section = text[text.index("## Configuration") : text.index("## Seeing what is served")]
+    missing = [
+        f.name
+        for f in fields(Config)
+        if f"`{f.name}`" not in section and f"`DNSREG_{f.name.upper()}`" not in section
+    ]
+    assert missing == [], "settings missing from docs/operations.md#configuration"
+    help_text = subprocess.run(
+        [str(BIN / "dnsreg"), "serve", "--help"], capture_output=True, text=True, check=True
+    ).stdout
+    flags = set(re.findall(r"^ {2}(--[a-z][a-z-]*[a-z])", help_text, re.M)) - {"--help"}
+    assert len(flags) > 20
+    assert sorted(f for f in flags if f"`{f}" not in section and f"{f}`" not in section) == []

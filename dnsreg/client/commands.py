@@ -148,7 +148,7 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     )
 
     p = sub.add_parser(
-        "backup", parents=[api], help="copy a server's SQLite store into FILE (README: Backups)"
+        "backup", parents=[api], help="copy a server's SQLite store into FILE (docs/operations.md)"
     )
     p.add_argument("file", type=Path, metavar="FILE", help="the new file to write")
     p.add_argument(
