@@ -131,6 +131,17 @@ def test_the_python_client_example_runs_as_pasted(tmp_path: Path) -> None:
     assert lines[2] == "1"  # the blocking read came back with it, not NotFound
 
 
+def test_the_watch_and_resolve_example_prints_what_the_document_shows(tmp_path: Path) -> None:
+    out = run_against_server(tmp_path, [sys.executable], EXAMPLES / "watch_and_resolve.py")
+    assert out.splitlines() == [
+        "registered web-1 at revision 1",
+        "web-1.web.service.local 8080 0 1 ('10.0.0.5',)",
+        "2 deregistered web web-1",
+    ]
+    doc = (ROOT / "docs" / "watch-and-clients.md").read_text()
+    assert "\n".join(out.splitlines()) in doc
+
+
 def test_the_py_consul_example_runs_as_pasted(tmp_path: Path) -> None:
     out = run_against_server(tmp_path, [sys.executable], EXAMPLES / "py_consul.py").split("\n")
     assert out[0] == "web-1 10.0.0.5:8080 ['primary']"
