@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ast
 import configparser
+import itertools
 import json
 import os
 import re
@@ -31,6 +32,7 @@ from tests.docs_blocks import (
     anchors,
     links,
     output_matches,
+    prose,
     session_steps,
 )
 from tests.helpers import spawn_server
@@ -351,3 +353,17 @@ def test_the_metrics_table_names_what_a_server_exports(tmp_path: Path) -> None:
     labelled = set(re.findall(r"`(dnsreg_\w+)\{", table))
     off = {"dnsreg_rrl_dropped_total", "dnsreg_rrl_slipped_total"} | labelled
     assert sorted(documented - exported - off) == [], "documented but not exported"
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=[str(p.relative_to(ROOT)) for p in DOCS])
+def test_a_document_renders_with_one_title_nested_headings_and_whole_tables(doc: Path) -> None:
+    lines = prose(doc).splitlines()
+    levels = [len(m.group(1)) for line in lines if (m := re.match(r"^(#{1,6}) ", line))]
+    assert levels[0] == 1, "the title comes first"
+    assert levels.count(1) == 1, "one # title"
+    assert all(b <= a + 1 for a, b in itertools.pairwise(levels)), "a heading skips a level"
+    for i, line in enumerate(lines):
+        if line.startswith("|") and i + 1 < len(lines) and re.match(r"^\|[\s:|-]+$", lines[i + 1]):
+            cells = len(re.split(r"(?<!\\)\|", line))
+            rows = itertools.takewhile(lambda row: row.startswith("|"), lines[i + 1 :])
+            assert all(len(re.split(r"(?<!\\)\|", row)) == cells for row in rows), line
