@@ -7,6 +7,8 @@ through :class:`Server` with port 0 and a temporary data directory.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import errno
 import gc
 import logging
 import random
@@ -14,7 +16,7 @@ import signal
 import socket
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from aiohttp import web
@@ -150,7 +152,8 @@ class Server:
                     else None
                 ),
             )
-            self.dns_port = await self.dns.start(cfg.dns.host, cfg.dns.port)
+            with _listening("DNS", "--dns", cfg.dns.host, cfg.dns.port):
+                self.dns_port = await self.dns.start(cfg.dns.host, cfg.dns.port)
             # 4. HTTP.
             metrics = Metrics(self.registry, lambda: self.store)
             self.store.commit_observer = metrics.store_commit.observe
@@ -221,7 +224,8 @@ class Server:
             site = LimitedSite(
                 self.http_runner, cfg.http.host, cfg.http.port, self.http_limiter, ssl_context=tls
             )
-            await site.start()
+            with _listening("HTTP", "--http", cfg.http.host, cfg.http.port):
+                await site.start()
             self.http_port = int(self.http_runner.addresses[0][1])
         except BaseException:
             await self.stop()
@@ -424,3 +428,22 @@ def _version() -> str:
     from dnsreg import __version__
 
     return __version__
+
+
+@contextlib.contextmanager
+def _listening(what: str, flag: str, host: str, port: int) -> Iterator[None]:
+    """A listener that cannot bind says which one, and what to do about it."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            reason = f"{host}:{port} is already in use (another server there? choose {flag})"
+        elif exc.errno == errno.EACCES:
+            reason = (
+                f"{host}:{port}: permission denied (ports below 1024 need CAP_NET_BIND_SERVICE)"
+            )
+        elif exc.errno == errno.EADDRNOTAVAIL:
+            reason = f"{host} is not an address of this machine (check {flag})"
+        else:
+            reason = f"{host}:{port}: {exc.strerror or exc}"
+        raise ConfigError(f"cannot listen for {what}: {reason}") from exc
