@@ -216,6 +216,9 @@ class _Draft:
     addresses: list[IPAddress] = field(default_factory=list)
     meta: dict[str, str] = field(default_factory=dict)
     touched: bool = False
+    # Records this update added so far: the first A/AAAA (TXT) replaces what the
+    # instance had, later ones add to it (an instance has one address, one TXT set).
+    added: set[int] = field(default_factory=set)
 
     @classmethod
     def of(cls, service: str, instance_id: str, current: Registration | None) -> _Draft:
@@ -237,13 +240,16 @@ class _Draft:
         self.port = self.target = self.dns_ttl = None
         self.addresses = []
         self.meta = {}
+        self.added = set()
 
     def result(self, ttl: float, policy: AdmissionPolicy) -> Write | None:
         if not self.touched:
             return None
-        if not self.exists:
-            return Deregistration(self.service, self.id) if self.current is not None else None
         name = f"instance {self.id}.{self.service}"
+        if not self.exists:
+            if self.added:  # A/AAAA/TXT for an instance that has (and gets) no SRV
+                raise Refused(f"{name}: an instance needs an SRV record (its port)")
+            return Deregistration(self.service, self.id) if self.current is not None else None
         if self.port is None or not self.addresses:
             raise Refused(
                 f"{name}: an instance needs an SRV record (its port) and an A or AAAA record"
@@ -368,10 +374,13 @@ def _apply(draft: _Draft, rrset: dns.rrset.RRset, targets: dict[Name, _Draft], v
             if srv.port == 0:
                 raise Refused(f"{rrset.name}: SRV port 0 means no service (RFC 2782)")
         elif rdtype in _ADDRESS:
-            draft.addresses = [_address(r) for r in rrset]
+            fresh = [_address(r) for r in rrset]
+            draft.addresses = draft.addresses + fresh if _ADDRESS[0] in draft.added else fresh
+            draft.added.add(_ADDRESS[0])
         else:
-            strings = [s for r in rrset for s in r.strings]
-            draft.meta = _meta(strings, rrset.name)
+            meta = _meta([s for r in rrset for s in r.strings], rrset.name)
+            draft.meta = draft.meta | meta if rdtype in draft.added else meta
+        draft.added.add(rdtype)
         return
     if rrset.deleting == dns.rdataclass.ANY:
         # §2.5.2 delete an RRset, §2.5.3 delete all RRsets from a name.
