@@ -62,16 +62,9 @@ class Updater:
         self.policy = policy or AdmissionPolicy()
         self.acting = acting
         self.default_ttl = default_ttl
-        self.counts: dict[int, int] = {}  # replies by rcode
 
     async def handle(self, data: bytes, client: str) -> bytes | None:
-        reply = await self._handle(data, client)
-        if reply is not None and len(reply) > 3:
-            rcode = reply[3] & 0xF
-            self.counts[rcode] = self.counts.get(rcode, 0) + 1
-        return reply
-
-    async def _handle(self, data: bytes, client: str) -> bytes | None:
+        """The reply to the UPDATE ``data`` from ``client`` (None: not even a header)."""
         try:
             # keyring=False: parsed, not verified: first learn whether it is signed at all.
             raw = dns.message.from_wire(data, keyring=False)

@@ -257,3 +257,23 @@ async def test_repeating_the_update_renews_and_a_long_lease_is_clamped(tmp_path:
         )
         assert granted(huge) == [86400]  # SPEC §2: a lease is at most 24 h
         assert (await listed(r))["web-4"]["ttl"] == 86400
+
+
+async def test_a_query_pipelined_behind_an_update_on_tcp_waits_for_it(tmp_path: Path) -> None:
+    async with dnsreg(tmp_path, tsig_keys=KEYS) as r:
+        u = lease_update(60)
+        q = dns.message.make_query(f"web-4.web.{Z}.", "A")
+        reader, writer = await asyncio.open_connection("127.0.0.1", r.dns_port)
+        frames = [m.to_wire() for m in (u, q)]
+        writer.write(b"".join(len(f).to_bytes(2, "big") + f for f in frames))  # one burst
+        replies = []
+        for _ in frames:
+            size = int.from_bytes(await asyncio.wait_for(reader.readexactly(2), 10), "big")
+            replies.append(await reader.readexactly(size))
+        writer.close()
+        first = dns.message.from_wire(replies[0], keyring=u.keyring, request_mac=u.mac)
+        second = dns.message.from_wire(replies[1])
+        assert (first.id, first.rcode()) == (u.id, dns.rcode.NOERROR)
+        # Replies in order (RFC 7766 §6.2.1), and the query saw the update's result.
+        assert second.id == q.id
+        assert [rr.to_text() for rr in second.answer[0]] == ["10.0.0.9"]
