@@ -29,6 +29,9 @@ StreamHandler = Callable[[bytes, str], bytes | list[bytes] | None]
 Deferred = Callable[[bytes, str], Awaitable[bytes | None]]
 
 UDP_DRAIN = 64  # datagrams per wake-up before yielding to other work
+# UDP UPDATEs in flight at once; beyond that they are dropped (UDP may drop; clients
+# retry), so a flood of them cannot pile up tasks without bound.
+MAX_DEFERRED = 256
 MAX_DATAGRAM = 65535
 
 
@@ -83,7 +86,7 @@ class UdpListener:
 
     def _defer(self, data: bytes, addr: tuple[str, int]) -> None:
         """Answer ``data`` from a task if it is an UPDATE; anything else stays dropped."""
-        if self.deferred is None or not is_update(data):
+        if self.deferred is None or not is_update(data) or len(self._tasks) >= MAX_DEFERRED:
             return
         task = asyncio.get_running_loop().create_task(self._answer_later(self.deferred, data, addr))
         self._tasks.add(task)

@@ -38,6 +38,7 @@ import dns.rrset
 from dnsreg.core.admission import AdmissionPolicy, check_address
 from dnsreg.core.errors import InvalidInput, NotInZone, PrerequisiteFailed, Refused
 from dnsreg.core.model import (
+    DEFAULT_DNS_TTL,
     DEFAULT_LEASE_TTL,
     MAX_LEASE_TTL,
     MIN_LEASE_TTL,
@@ -155,7 +156,8 @@ def served(view: View, name: Name, rdtype: int) -> list[Record]:
     )
     if reply.kind is not Kind.ANSWER:
         return []
-    return [r for r in reply.answer if r.owner == name and (rdtype == 255 or r.rtype == rdtype)]
+    wanted = (rdtype,) if rdtype != dns.rdatatype.ANY else ()
+    return [r for r in reply.answer if r.owner == name and (not wanted or r.rtype in wanted)]
 
 
 def _check_prerequisite(rrset: dns.rrset.RRset, view: View, origin: dns.name.Name) -> None:
@@ -270,7 +272,7 @@ class _Draft:
             weight=self.weight,
             priority=self.priority,
             ttl=ttl,
-            dns_ttl=self.dns_ttl if self.dns_ttl is not None else 5,
+            dns_ttl=self.dns_ttl if self.dns_ttl is not None else DEFAULT_DNS_TTL,
         )
         if self.current is not None:
             # What DNS cannot say (tags, checks) stays as it was registered.
@@ -308,10 +310,10 @@ def _read_updates(
         if rrset.deleting is None:
             if rrset.rdclass != dns.rdataclass.IN or rrset.rdtype in _META_TYPES:
                 raise InvalidInput(f"update {rrset.name}: cannot add a record of this class/type")
-        elif rrset.ttl != 0 or (
-            rrset.deleting == dns.rdataclass.NONE and rrset.rdtype in _META_TYPES
-        ):
+        elif rrset.ttl != 0:
             raise InvalidInput(f"update {rrset.name}: a delete must have TTL 0 (RFC 2136 §2.5)")
+        elif rrset.deleting == dns.rdataclass.NONE and rrset.rdtype in _META_TYPES:
+            raise InvalidInput(f"update {rrset.name}: cannot delete a record of a meta-type")
     drafts: dict[tuple[str, str], _Draft] = {}
     # SRV targets in the zone that are not instance names: their A/AAAA records
     # give the address of the instance whose SRV points there.
