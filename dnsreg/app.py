@@ -37,6 +37,7 @@ from dnsreg.dns.rrl import RateLimiter
 from dnsreg.dns.server import DnsServer
 from dnsreg.dns.transfer import Journal
 from dnsreg.dns.tsig import Signer
+from dnsreg.dns.updater import Updater
 from dnsreg.dns.xfr_out import Transfers, parse_networks
 from dnsreg.dns.zones import StaticZones, load_zones
 from dnsreg.health.checker import Checker, PanicWatch
@@ -72,6 +73,7 @@ class Server:
         self.panic_watch: PanicWatch | None = None
         self.static = StaticZones()
         self.responder: Responder | None = None
+        self.updater: Updater | None = None
         self.dns: DnsServer | None = None
         self.loop_lag = LoopLag()
         self.http_runner: web.AppRunner | None = None
@@ -140,11 +142,20 @@ class Server:
             self.responder.stale = self.store.stale
             self.store.subscribe_stale(self._set_stale)
             self._start_transfers(settings)
+            # DNS UPDATE (RFC 2136): TSIG-signed, written through the store like HTTP writes.
+            self.updater = Updater(
+                self.responder,
+                self.store.apply,
+                policy=cfg.admission,
+                acting=self.auth.actors.acting,
+            )
+            self.responder.defer_updates = True
             self.dns = DnsServer(
                 self.responder.respond,
                 idle_timeout=cfg.tcp_idle_timeout,
                 max_connections=cfg.tcp_max_connections,
                 stream_handler=self.responder.respond_tcp,
+                deferred=self.updater.handle,
                 max_per_client=cfg.tcp_max_per_client,
                 limiter=(
                     RateLimiter(cfg.rate_limit, cfg.rate_limit_slip)
