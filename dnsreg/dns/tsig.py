@@ -64,7 +64,9 @@ class TsigKey:
 
     def principal(self) -> Principal:
         """The key as a token: its name, rights and service globs (SPEC §7)."""
-        return Principal(self.name, frozenset(Right(r) for r in self.rights), self.services)
+        return Principal(
+            self.name.rstrip("."), frozenset(Right(r) for r in self.rights), self.services
+        )
 
     def dns_key(self) -> dns.tsig.Key:
         return dns.tsig.Key(self.name, self.secret, ALGORITHMS[self.algorithm])
