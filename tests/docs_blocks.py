@@ -7,6 +7,8 @@ A block's info string is its language and then words that say what the tests do 
   where ``...`` stands for any text (a line of its own: any number of lines) and runs of
   spaces are one space.
 * ``file=docs/examples/NAME``: the block is that file, verbatim; a test runs the file.
+* ``tested=tests/PATH.py``: a test of its own runs the block (docs/update.md's nsupdate
+  examples, run by tests/dns/test_update_docs.py against a server with their key).
 * ``illustrative``: not run (it needs another machine, another program's daemon or a
   long wait), but checked by the checker its language has (``tomllib``, ``json``,
   ``compile``, ``bash -n``, ``node --check``, ``check=nsd-checkconf`` …), and ``config``

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -207,3 +208,22 @@ def test_module_entry_point_is_the_installed_one(tmp_path: Path) -> None:
     )
     assert result.returncode == 0
     assert "PREFIX" in result.stdout or "prefix" in result.stdout
+
+
+@pytest.mark.parametrize("which", ["dns", "http"])
+def test_serve_on_a_taken_port_names_the_listener_and_exits_2(tmp_path: Path, which: str) -> None:
+    with socket.socket() as taken:  # TCP: both listeners need it
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        ports = {"dns": "127.0.0.1:0", "http": "127.0.0.1:0", which: f"127.0.0.1:{port}"}
+        result = subprocess.run(
+            [sys.executable, "-m", "dnsreg", "serve", "--data-dir", str(tmp_path / "data"),
+             "--zones", str(tmp_path), "--dns", ports["dns"], "--http", ports["http"]],
+            capture_output=True, text=True, timeout=30,
+        )  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    what = which.upper()
+    assert f"cannot listen for {what}: 127.0.0.1:{port} is already in use" in result.stderr
+    assert f"--{which}" in result.stderr
+    assert "Traceback" not in result.stderr
