@@ -140,7 +140,7 @@ class Store(abc.ABC):
         """Write a consistent snapshot of the store to ``target`` (a new file)."""
         raise Unavailable(
             f"the {self.kind} store is not backed up through dnsreg: back up its backend "
-            "(for etcd: etcdctl snapshot save, see README)"
+            "(for etcd: etcdctl snapshot save, see docs/operations.md)"
         )
 
     # ----------------------------------------------------------------- status
