@@ -150,7 +150,8 @@ class SqliteStore(Store):
     def _corrupt(self, what: str) -> StoreCorrupt:
         return StoreCorrupt(
             f"the store file {self.path.absolute()} cannot be used: {what}. "
-            "Restore a backup (dnsreg backup, see docs/operations.md) or move the file aside to start empty"
+            "Restore a backup (dnsreg backup, see docs/operations.md) "
+            "or move the file aside to start empty"
         )
 
     async def close(self) -> None:
