@@ -117,6 +117,21 @@ class EtcdStore(EtcdMirror):
     def _unreachable(self, exc: EtcdError) -> Unavailable:
         return Unavailable(f"etcd is unreachable: {exc.message}")
 
+    def _stored(
+        self, reg: Registration, before: Instance | None, token: str, lease_ttl: int
+    ) -> Stored:
+        """What a registration writes: a replacement keeps the registration time,
+        maintenance and check states of the instance it replaces."""
+        return Stored(
+            reg=reg,
+            registered_at=before.registered_at if before is not None else self.clock(),
+            op="register",
+            token=token,
+            lease_ttl=lease_ttl,
+            maintenance=before.maintenance if before is not None else None,
+            checks=checks_for(reg, before),
+        )
+
     async def register(self, reg: Registration) -> Change:
         self._writable()
         self.registry.validate(reg)
@@ -127,18 +142,8 @@ class EtcdStore(EtcdMirror):
             lease, granted = 0, 0
             if reg.ttl > 0:
                 lease, granted = await self.client.grant(max(1, math.ceil(reg.ttl)))
-            stored = Stored(
-                reg=reg,
-                registered_at=before.registered_at if before is not None else self.clock(),
-                op="register",
-                token=secrets.token_hex(8),
-                lease_ttl=granted,
-                maintenance=before.maintenance if before is not None else None,
-                checks=checks_for(reg, before),
-            )
-            put: dict[str, Any] = {"key": b64(key), "value": b64(stored.encode())}
-            if lease:
-                put["lease"] = lease
+            stored = self._stored(reg, before, secrets.token_hex(8), granted)
+            put = _put(key, stored, lease)
             # The names a tag would shadow must not exist (SPEC §1): checked in the
             # txn itself, so two nodes cannot race past each other's validation.
             tag_keys = [self.layout.instance_key(reg.service, t) for t in reg.tags]
@@ -200,18 +205,8 @@ class EtcdStore(EtcdMirror):
                 if w.ttl > 0:
                     lease, granted = await self.client.grant(max(1, math.ceil(w.ttl)))
                     granted_leases.append(lease)
-                stored = Stored(
-                    reg=w,
-                    registered_at=before.registered_at if before is not None else self.clock(),
-                    op="register",
-                    token=token,
-                    lease_ttl=granted,
-                    maintenance=before.maintenance if before is not None else None,
-                    checks=checks_for(w, before),
-                )
-                put: dict[str, Any] = {"key": b64(key), "value": b64(stored.encode())}
-                if lease:
-                    put["lease"] = lease
+                stored = self._stored(w, before, token, granted)
+                put = _put(key, stored, lease)
                 success.append({"request_put": put})
                 compare.extend(
                     {"target": "CREATE", "key": b64(self.layout.instance_key(w.service, t)),
@@ -461,3 +456,11 @@ def _token_of(raw: bytes, *, cause: bool) -> str | None:
         return Stored.decode(raw).token
     except ValueError:
         return None
+
+
+def _put(key: bytes, stored: Stored, lease: int) -> dict[str, Any]:
+    """An etcd ``put`` of ``stored`` at ``key``, attached to ``lease`` (0: none)."""
+    put: dict[str, Any] = {"key": b64(key), "value": b64(stored.encode())}
+    if lease:
+        put["lease"] = lease
+    return put

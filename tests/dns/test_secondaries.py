@@ -9,7 +9,6 @@ answer the same as dnsreg within 2 s of a registration and a deregistration.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import shutil
 import time
@@ -24,6 +23,7 @@ from dnsreg.dns.tsig import TsigKey
 from tests.dns.test_transfer_live import (
     _serial_matches,
     answers,
+    daemon,
     dnsreg,
     free_port,
     same_within,
@@ -97,18 +97,8 @@ zone:
 
 @contextlib.asynccontextmanager
 async def secondary(argv: list[str], home: Path, port: int) -> AsyncIterator[int]:
-    log = (home / "server.log").open("w")
-    proc = await asyncio.create_subprocess_exec(*argv, stdout=log, stderr=asyncio.subprocess.STDOUT)
-    try:
+    async with daemon(argv, home / "server.log"):
         yield port
-    finally:
-        proc.terminate()
-        try:
-            await asyncio.wait_for(proc.wait(), 10)
-        except TimeoutError:
-            proc.kill()
-            await proc.wait()
-        log.close()
 
 
 async def _follow_changes(tmp_path: Path, kind: str) -> None:
