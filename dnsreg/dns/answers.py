@@ -224,7 +224,10 @@ class _Lookup:
             tagged_service, tag = rel[0][1:], rel[1][1:]
             if reg.has_tag(tagged_service, tag):
                 material = self._material(
-                    tagged_service, ("tag", tag), lambda: reg.tagged(tagged_service, (tag,))
+                    tagged_service,
+                    ("tag", tag),
+                    lambda: reg.tagged(tagged_service, (tag,)),
+                    _tagged((tag,)),
                 )
                 return self._service_answer(tagged_service, material, qname, qtype, types=(SRV,))
         if len(rel) == 1 and rel[0] in ("_tcp", "_udp"):
@@ -257,16 +260,20 @@ class _Lookup:
         return self._reply(Kind.ANSWER, b, scope=Scope.GLOBAL)
 
     def _material(
-        self, service: str, key: PoolKey, candidates: Callable[[], Iterable[Instance] | None]
+        self,
+        service: str,
+        key: PoolKey,
+        candidates: Callable[[], Iterable[Instance] | None],
+        member: Callable[[Instance], bool] | None,
     ) -> Material:
-        return self.materials.get(self.registry, service, key, candidates, self.settings.origin)
+        origin = self.settings.origin
+        return self.materials.get(self.registry, service, key, candidates, origin, member)
 
     def _service_node(self, service: str, left: Name, qname: Name, qtype: int) -> Reply:
         reg = self.registry
         if not left:
-            return self._service_answer(
-                service, self._material(service, (), lambda: None), qname, qtype
-            )
+            material = self._material(service, (), lambda: None, _everyone)
+            return self._service_answer(service, material, qname, qtype)
         if len(left) == 1:
             label = left[0]
             instance = reg.get(service, label)
@@ -274,12 +281,14 @@ class _Lookup:
                 return self._instance_answer(service, instance, qname, qtype)
             if reg.has_tag(service, label):
                 material = self._material(
-                    service, ("tag", label), lambda: reg.tagged(service, left)
+                    service, ("tag", label), lambda: reg.tagged(service, left), _tagged(left)
                 )
                 return self._service_answer(service, material, qname, qtype)
             return self._negative(Kind.NXDOMAIN)
-        material = self._material(service, ("tag", *left), lambda: reg.tagged(service, left))
-        if not material.instances and not reg.tagged(service, left):
+        material = self._material(
+            service, ("tag", *left), lambda: reg.tagged(service, left), _tagged(left)
+        )
+        if not material.count and not reg.tagged(service, left):
             return self._negative(Kind.NXDOMAIN)
         return self._service_answer(service, material, qname, qtype)
 
@@ -308,7 +317,7 @@ class _Lookup:
 
         def has(rtype: int) -> bool:
             if rtype == TXT:
-                return txt_of is not None and bool(material.instances) and bool(txt_of.reg.meta)
+                return txt_of is not None and bool(material.count) and bool(txt_of.reg.meta)
             return material.pool(rtype).count > 0
 
         for rtype in self._wanted(types, qtype, has):
@@ -323,7 +332,7 @@ class _Lookup:
             pool = material.pool(rtype)
             if not pool.count:
                 continue
-            chosen = pool.draw(draw_limit(pool, room, cap), self.rng)
+            chosen = material.draw(rtype, draw_limit(pool, room, cap), self.rng)
             room -= len(chosen) * pool.min_rr
             b.available += pool.count if cap is None else min(cap, pool.count)
             b.answer.extend(material.answer_records(chosen, rtype, qname, pool.ttl))
@@ -339,7 +348,7 @@ class _Lookup:
         if qtype == SRV and sd.srv_pool is not None:
             # _<svc>._<proto> SRV (RFC 2782) keeps its weighted order.
             service, pool = sd.srv_pool
-            material = self._material(service, ("srv", *qname), lambda: pool)
+            material = self._material(service, ("srv", *qname), lambda: pool, None)
             return self._service_answer(service, material, qname, qtype, types=(SRV,))
         scope = Scope.STATIC if sd.fixed else sd.service or Scope.GLOBAL
         b = _Builder()
@@ -355,7 +364,7 @@ class _Lookup:
         return self._reply(Kind.ANSWER, b, scope=scope)
 
     def _instance_answer(self, service: str, instance: Instance, qname: Name, qtype: int) -> Reply:
-        material = self._material(service, ("id", instance.reg.id), lambda: (instance,))
+        material = self._material(service, ("id", instance.reg.id), lambda: (instance,), None)
         return self._service_answer(
             service, material, qname, qtype, types=(A, AAAA, SRV, TXT), txt_of=instance
         )
@@ -545,6 +554,15 @@ class _Lookup:
             scope=scope,
             available=max(b.available, len(b.answer)),
         )
+
+
+def _everyone(instance: Instance) -> bool:
+    return True
+
+
+def _tagged(tags: Sequence[str]) -> Callable[[Instance], bool]:
+    """Whether an instance carries every one of ``tags`` (as ``Registry.tagged`` asks)."""
+    return lambda instance: all(t in instance.reg.tags for t in tags)
 
 
 def _dedupe(records: Iterable[Record]) -> list[Record]:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import itertools
 import math
 import random
+from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv6Address
@@ -51,6 +52,11 @@ SHUFFLE_FACTOR = 4
 SHUFFLE_MIN = 64
 
 DEFAULT_MAX_ENTRIES = 1024
+# Weighted draws kept per (type, size) of one material, served in turn (as the answer
+# cache keeps shuffled variants of one reply): answers vary, memory stays bounded.
+DRAW_VARIANTS = 8
+# A material more writes behind than this is built again rather than patched.
+PATCH_LIMIT = 4096
 # Instances referenced by all cached material together: bounds memory on hostile key sets.
 DEFAULT_MAX_INSTANCES = 250_000
 
@@ -58,27 +64,100 @@ PoolKey = tuple[str, ...]
 RECORD_MEMO = 65536  # records remembered per (type, owner) of one material
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Group:
-    """Instances of one priority, with running weight totals for bisection."""
+    """Instances of one priority, with running weight totals for bisection.
+
+    Kept patchable: an instance comes in at the end and leaves by swapping the
+    last one into its place, so one change costs O(1) here (the order within a
+    group carries no meaning: every draw is random). The running totals are
+    redone lazily, in C (``accumulate`` over plain ints), by the first draw that
+    bisects them after a change.
+    """
 
     priority: int
-    instances: tuple[Instance, ...]
-    cumulative: tuple[int, ...]
+    instances: list[Instance] = field(default_factory=list)
+    weights: list[int] = field(default_factory=list)
+    at: dict[str, int] = field(default_factory=dict)  # id -> index in ``instances``
+    _cumulative: list[int] | None = None
+
+    @property
+    def cumulative(self) -> list[int]:
+        if self._cumulative is None:
+            self._cumulative = list(itertools.accumulate(self.weights))
+        return self._cumulative
 
     @property
     def total(self) -> int:
         return self.cumulative[-1]
 
+    def add(self, instance: Instance) -> None:
+        self.at[instance.reg.id] = len(self.instances)
+        self.instances.append(instance)
+        self.weights.append(instance.reg.weight)
+        self._cumulative = None
 
-@dataclass(frozen=True, slots=True)
+    def remove(self, instance_id: str) -> None:
+        index = self.at.pop(instance_id)
+        last, weight = self.instances.pop(), self.weights.pop()
+        if index < len(self.instances):
+            self.instances[index] = last
+            self.weights[index] = weight
+            self.at[last.reg.id] = index
+        self._cumulative = None
+
+
+@dataclass(slots=True)
 class Pool:
     """The served instances answering one record type, lowest priority first."""
 
-    groups: tuple[Group, ...]
-    count: int
-    ttl: int  # RFC 2181 §5.2: one TTL for the RRset, the smallest of its instances
-    min_rr: int  # octets of the smallest record of this pool in an answer
+    base_rr: int  # octets of an answer record of this pool, but the instance id's
+    by_id: bool  # the id is in the record (SRV target): its length counts too
+    groups: list[Group] = field(default_factory=list)
+    count: int = 0
+    ttls: Counter[int] = field(default_factory=Counter)
+    id_lengths: Counter[int] = field(default_factory=Counter)
+
+    @property
+    def ttl(self) -> int:
+        """RFC 2181 §5.2: one TTL for the RRset, the smallest of its instances."""
+        return min(self.ttls) if self.ttls else 0
+
+    @property
+    def min_rr(self) -> int:
+        """Octets of the smallest record of this pool in an answer."""
+        if not self.by_id:
+            return self.base_rr
+        return self.base_rr + (min(self.id_lengths) if self.id_lengths else 1)
+
+    def add(self, instance: Instance) -> None:
+        reg = instance.reg
+        groups = self.groups
+        for group in groups:
+            if group.priority == reg.priority:
+                break
+        else:
+            group = Group(reg.priority)
+            groups.append(group)
+            groups.sort(key=lambda g: g.priority)
+        group.add(instance)
+        self.count += 1
+        self.ttls[reg.dns_ttl] += 1
+        if self.by_id:
+            self.id_lengths[len(reg.id)] += 1
+
+    def remove(self, instance: Instance) -> None:
+        reg = instance.reg
+        for group in self.groups:
+            if group.priority == reg.priority:
+                group.remove(reg.id)
+                if not group.instances:
+                    self.groups.remove(group)
+                break
+        self.count -= 1
+        _decrement(self.ttls, reg.dns_ttl)
+        if self.by_id:
+            _decrement(self.id_lengths, len(reg.id))
 
     def draw(self, k: int, rng: random.Random) -> list[Instance]:
         """Up to ``k`` instances: lower priority first, weighted random within one.
@@ -106,6 +185,12 @@ class Pool:
         return out
 
 
+def _decrement(counter: Counter[int], key: int) -> None:
+    counter[key] -= 1
+    if counter[key] <= 0:
+        del counter[key]
+
+
 def _sample(group: Group, need: int, rng: random.Random) -> list[Instance]:
     members, cumulative = group.instances, group.cumulative
     n = len(members)
@@ -131,26 +216,6 @@ def _sample(group: Group, need: int, rng: random.Random) -> list[Instance]:
             picked[at] = None
             chosen.append(at)
     return [members[at] for at in chosen]
-
-
-def _pool(instances: Sequence[Instance], min_rr: int) -> Pool:
-    """Group by priority (one pass; a single priority, the usual case, needs no split)."""
-    if not instances:
-        return Pool((), 0, 0, min_rr)
-    regs = [i.reg for i in instances]
-    priorities = {r.priority for r in regs}
-    if len(priorities) == 1:
-        split = [(priorities.pop(), list(instances))]
-    else:
-        by_priority: dict[int, list[Instance]] = {}
-        for i in instances:
-            by_priority.setdefault(i.reg.priority, []).append(i)
-        split = sorted(by_priority.items())
-    groups = tuple(
-        Group(p, tuple(members), tuple(itertools.accumulate(i.reg.weight for i in members)))
-        for p, members in split
-    )
-    return Pool(groups, len(instances), min(r.dns_ttl for r in regs), min_rr)
 
 
 def _name_octets(name: Name) -> int:
@@ -204,15 +269,35 @@ class RecordMemo:
 
 @dataclass(slots=True)
 class Material:
-    """What answers about one pool of one service need, at one service revision."""
+    """What answers about one pool of one service need, at one service revision.
+
+    ``served``: the served instances by id. Patched in place when its service
+    moves (:meth:`MaterialCache.get`), so a change costs the instances it
+    touched, not the service. ``draws`` keeps :data:`DRAW_VARIANTS` weighted
+    draws per (type, size) and serves them in turn: a query the answer cache
+    misses (another EDNS size, say) reuses one instead of drawing and building
+    records afresh, and the records built stay bounded per revision.
+    """
 
     stamp: int
-    instances: tuple[Instance, ...]  # the served ones
+    served: dict[str, Instance]
     panic: bool
     origin: Name
+    epoch: int = 0
     _pools: dict[int, Pool] = field(default_factory=dict)
     memo: RecordMemo = field(default_factory=lambda: RecordMemo())
     service: str = ""
+    draws: dict[tuple[int, int], list[list[Instance]]] = field(default_factory=dict)
+    turn: int = 0
+
+    @property
+    def count(self) -> int:
+        return len(self.served)
+
+    @property
+    def instances(self) -> tuple[Instance, ...]:
+        """The served instances (a copy: O(instances), not for the query path)."""
+        return tuple(self.served.values())
 
     def records(
         self,
@@ -269,18 +354,53 @@ class Material:
         if found is None:
             if rtype == SRV:
                 # Target: id.service.origin, uncompressed (RFC 2782); the shortest id counts.
-                shortest = min((len(i.reg.id) for i in self.instances), default=1)
-                service = len(self.instances[0].reg.service) if self.instances else 1
-                size = RR_FIXED + SRV_FIXED + shortest + service + 2 + _name_octets(self.origin)
-                found = _pool(self.instances, size)
+                base = RR_FIXED + SRV_FIXED + len(self.service) + 2 + _name_octets(self.origin)
+                found = Pool(base, by_id=True)
             else:
-                family = IPv4Address if rtype == A else IPv6Address
-                found = _pool(
-                    [i for i in self.instances if type(i.reg.address) is family],
-                    RR_FIXED + RDATA_OCTETS.get(rtype, 0),
-                )
+                found = Pool(RR_FIXED + RDATA_OCTETS.get(rtype, 0), by_id=False)
+            for instance in self.served.values():
+                if _answers(rtype, instance):
+                    found.add(instance)
             self._pools[rtype] = found
         return found
+
+    def draw(self, rtype: int, k: int, rng: random.Random) -> list[Instance]:
+        """A weighted draw of ``k`` from the ``rtype`` pool: one of a few kept per revision."""
+        kept = self.draws.setdefault((rtype, k), [])
+        if len(kept) < DRAW_VARIANTS:
+            chosen = self.pool(rtype).draw(k, rng)
+            kept.append(chosen)
+            return chosen
+        self.turn += 1
+        return kept[self.turn % DRAW_VARIANTS]
+
+    def patch(self, before: Instance | None, after: Instance | None) -> None:
+        """One instance in, out or replaced (``None``: not served there)."""
+        self.draws.clear()
+        served, pools = self.served, self._pools
+        if before is not None:
+            del served[before.reg.id]
+            for rtype, pool in pools.items():
+                if _answers(rtype, before):
+                    pool.remove(before)
+        if after is not None:
+            served[after.reg.id] = after
+            for rtype, pool in pools.items():
+                if _answers(rtype, after):
+                    pool.add(after)
+
+
+def _answers(rtype: int, instance: Instance) -> bool:
+    """Whether ``instance`` belongs in the ``rtype`` pool (SRV: every one)."""
+    if rtype == SRV:
+        return True
+    family = type(instance.reg.address)
+    return (rtype == A and family is IPv4Address) or (rtype == AAAA and family is IPv6Address)
+
+
+def served_now(instance: Instance) -> bool:
+    """``Registry.served``'s verdict for one instance outside panic mode."""
+    return instance.maintenance is None and (not instance.checks or instance.health.served)
 
 
 def reply_room(tcp: bool) -> int:
@@ -301,8 +421,12 @@ def draw_limit(pool: Pool, room: int, max_answers: int | None) -> int:
 class MaterialCache:
     """Material per (service, pool key), valid while the service's revision stands.
 
-    Bounded twice: in entries and in instances referenced, oldest first (a
-    dict keeps insertion order; a hit moves its entry to the end).
+    When the revision moved, the registry says which instances were written
+    since (:meth:`Registry.touched_since`) and the material is patched with
+    just those, given a ``member`` test for the key; without one, too far
+    behind, or with a panic threshold (the verdict is the whole service's) it
+    is built again. Bounded twice: in entries and in instances referenced,
+    oldest first (a dict keeps insertion order; a hit moves its entry to the end).
     """
 
     def __init__(
@@ -313,6 +437,7 @@ class MaterialCache:
         self.entries: dict[tuple[str, PoolKey, Name], Material] = {}
         self.instances = 0
         self.builds = 0
+        self.patches = 0
         self.memo = RecordMemo()
 
     def get(
@@ -322,17 +447,34 @@ class MaterialCache:
         key: PoolKey,
         candidates: Callable[[], Iterable[Instance] | None],
         origin: Name,
+        member: Callable[[Instance], bool] | None = None,
     ) -> Material:
-        """The material of ``candidates`` (None: the whole service) of ``service``."""
+        """The material of ``candidates`` (None: the whole service) of ``service``.
+
+        ``member``: whether an instance of the service is one of ``candidates``,
+        so a change can be patched in rather than the whole set asked again.
+        """
         stamp = registry.service_revision(service)
         entries = self.entries
         cache_key = (service, key, origin)  # a zone and its alt_domain: one each
         found = entries.pop(cache_key, None)
         if found is not None:
-            if found.stamp == stamp:
+            epoch = registry.epoch(service)
+            if found.stamp == stamp and found.epoch == epoch:
                 entries[cache_key] = found
                 return found
-            self.instances -= len(found.instances)
+            self.instances -= len(found.served)
+            if member is not None and registry.panic_threshold is None:
+                touched = registry.touched_since(service, found.epoch)
+                if touched is not None and len(touched) <= PATCH_LIMIT:
+                    self._patch(found, registry, service, touched, member)
+                    found.stamp, found.epoch = stamp, epoch
+                    self.patches += 1
+                    self._make_room(len(found.served))
+                    entries[cache_key] = found
+                    self.instances += len(found.served)
+                    return found
+        epoch = registry.epoch(service)
         pool = candidates()
         if pool is None:
             served = registry.served(service)
@@ -343,13 +485,34 @@ class MaterialCache:
             whole = self.get(registry, service, (), lambda: None, origin)
             served = registry.served(service, pool, panic=whole.panic)
         material = Material(
-            stamp, served.instances, served.panic, origin, memo=self.memo, service=service
+            stamp,
+            {i.reg.id: i for i in served.instances},
+            served.panic,
+            origin,
+            epoch,
+            memo=self.memo,
+            service=service,
         )
         self.builds += 1
-        self._make_room(len(material.instances))
+        self._make_room(len(material.served))
         entries[cache_key] = material
-        self.instances += len(material.instances)
+        self.instances += len(material.served)
         return material
+
+    @staticmethod
+    def _patch(
+        material: Material,
+        registry: Registry,
+        service: str,
+        touched: Iterable[str],
+        member: Callable[[Instance], bool],
+    ) -> None:
+        for instance_id in touched:
+            before = material.served.get(instance_id)
+            now = registry.get(service, instance_id)
+            after = now if now is not None and member(now) and served_now(now) else None
+            if before is not None or after is not None:
+                material.patch(before, after)
 
     def _make_room(self, incoming: int) -> None:
         entries = self.entries
@@ -357,4 +520,4 @@ class MaterialCache:
             len(entries) >= self.max_entries or self.instances + incoming > self.max_instances
         ):
             oldest = next(iter(entries))
-            self.instances -= len(entries.pop(oldest).instances)
+            self.instances -= len(entries.pop(oldest).served)
