@@ -19,7 +19,7 @@ import itertools
 import math
 import random
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv6Address
 
@@ -55,6 +55,8 @@ DEFAULT_MAX_ENTRIES = 1024
 # Weighted draws kept per (type, size) of one material, served in turn (as the answer
 # cache keeps shuffled variants of one reply): answers vary, memory stays bounded.
 DRAW_VARIANTS = 8
+# Draws longer than this keep their records (below it a memo lookup per record is cheap).
+KEEP_RECORDS = 256
 # A material more writes behind than this is built again rather than patched.
 PATCH_LIMIT = 4096
 # Instances referenced by all cached material together: bounds memory on hostile key sets.
@@ -129,6 +131,24 @@ class Pool:
         if not self.by_id:
             return self.base_rr
         return self.base_rr + (min(self.id_lengths) if self.id_lengths else 1)
+
+    def fill(self, instances: Collection[Instance]) -> None:
+        """An empty pool filled in bulk: list-speed passes, no call per instance."""
+        regs = [i.reg for i in instances]
+        priorities = {r.priority for r in regs}
+        if len(priorities) > 1:
+            for instance in instances:
+                self.add(instance)
+            return
+        if not regs:
+            return
+        group = Group(priorities.pop(), list(instances), [r.weight for r in regs])
+        group.at = dict(zip([r.id for r in regs], range(len(regs)), strict=True))
+        self.groups = [group]
+        self.count = len(regs)
+        self.ttls = Counter(r.dns_ttl for r in regs)
+        if self.by_id:
+            self.id_lengths = Counter(len(r.id) for r in regs)
 
     def add(self, instance: Instance) -> None:
         reg = instance.reg
@@ -289,6 +309,10 @@ class Material:
     service: str = ""
     draws: dict[tuple[int, int], list[list[Instance]]] = field(default_factory=dict)
     turn: int = 0
+    # Records of a kept draw, by (the draw's id, type, owner, TTL): a 64 KiB TCP answer
+    # drawn before is not looked up again record by record. Cleared with ``draws``.
+    built: dict[tuple[int, int, Name, int], list[Record]] = field(default_factory=dict)
+    kept: dict[int, list[Instance]] = field(default_factory=dict)  # the draws, by id()
 
     @property
     def count(self) -> int:
@@ -308,7 +332,16 @@ class Material:
         make: Callable[[Instance], Record],
     ) -> list[Record]:
         """The records of ``chosen`` (``make`` builds one), reused while they stand."""
-        return self.memo.records((self.service, rtype, owner, ttl, self.origin), chosen, make)
+        draw = self.kept.get(id(chosen))
+        kept = draw is chosen and draw is not None and len(draw) > KEEP_RECORDS
+        if kept:
+            found = self.built.get((id(chosen), rtype, owner, ttl))
+            if found is not None:
+                return found
+        out = self.memo.records((self.service, rtype, owner, ttl, self.origin), chosen, make)
+        if kept:
+            self.built[(id(chosen), rtype, owner, ttl)] = out
+        return out
 
     def answer_records(
         self, instances: Sequence[Instance], rtype: int, qname: Name, ttl: int
@@ -358,9 +391,11 @@ class Material:
                 found = Pool(base, by_id=True)
             else:
                 found = Pool(RR_FIXED + RDATA_OCTETS.get(rtype, 0), by_id=False)
-            for instance in self.served.values():
-                if _answers(rtype, instance):
-                    found.add(instance)
+            members: Collection[Instance] = self.served.values()
+            if rtype != SRV:
+                family = IPv4Address if rtype == A else IPv6Address
+                members = [i for i in members if type(i.reg.address) is family]
+            found.fill(members)
             self._pools[rtype] = found
         return found
 
@@ -370,6 +405,7 @@ class Material:
         if len(kept) < DRAW_VARIANTS:
             chosen = self.pool(rtype).draw(k, rng)
             kept.append(chosen)
+            self.kept[id(chosen)] = chosen  # held here, so the id names this list alone
             return chosen
         self.turn += 1
         return kept[self.turn % DRAW_VARIANTS]
@@ -377,6 +413,8 @@ class Material:
     def patch(self, before: Instance | None, after: Instance | None) -> None:
         """One instance in, out or replaced (``None``: not served there)."""
         self.draws.clear()
+        self.built.clear()
+        self.kept.clear()
         served, pools = self.served, self._pools
         if before is not None:
             del served[before.reg.id]
