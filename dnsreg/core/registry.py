@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import enum
 import heapq
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
@@ -76,6 +76,8 @@ class Registry:
         self.static_clash = static_clash
         self._services: dict[str, dict[str, Instance]] = {}
         self._tags: dict[str, dict[str, set[str]]] = {}
+        # (protocol, has tags) -> instances, per service: DNS-SD names ask this per query.
+        self._protos: dict[str, Counter[tuple[str, bool]]] = {}
         self._service_revision: dict[str, int] = {}
         self._leases: list[tuple[float, str, str]] = []  # lazy min-heap of deadlines
         # While a write is staged (see :meth:`stage`): the revision before it and
@@ -128,6 +130,20 @@ class Registry:
 
     def has_tag(self, service: str, tag: str) -> bool:
         return bool(self._tags.get(service, {}).get(tag))
+
+    def tags(self, service: str) -> Iterable[str]:
+        return self._tags.get(service, {}).keys()
+
+    def protos(self, service: str) -> list[str]:
+        """The protocols (``tcp``, ``udp``) some instance of ``service`` is registered with."""
+        return sorted({proto for proto, _ in self._protos.get(service, ())})
+
+    def has_proto(self, service: str, proto: str, *, tagged: bool = False) -> bool:
+        """Some instance of ``service`` has ``proto`` (``tagged``: and carries a tag)."""
+        counts = self._protos.get(service)
+        return counts is not None and (
+            (proto, True) in counts or (not tagged and (proto, False) in counts)
+        )
 
     def epoch(self, service: str) -> int:
         """A number that moves with every write to ``service``'s instances (0: none logged)."""
@@ -497,6 +513,7 @@ class Registry:
         reg = instance.reg
         self._services.setdefault(reg.service, {})[reg.id] = instance
         self._touch(reg.service, reg.id)
+        self._protos.setdefault(reg.service, Counter())[(reg.proto, bool(reg.tags))] += 1
         tags = self._tags.setdefault(reg.service, {})
         for tag in reg.tags:
             tags.setdefault(tag, set()).add(reg.id)
@@ -505,6 +522,14 @@ class Registry:
 
     def _unindex(self, instance: Instance) -> None:
         reg = instance.reg
+        protos = self._protos.get(reg.service)
+        if protos is not None:
+            key = (reg.proto, bool(reg.tags))
+            protos[key] -= 1
+            if protos[key] <= 0:
+                del protos[key]
+                if not protos:
+                    del self._protos[reg.service]
         tags = self._tags.get(reg.service)
         if tags is None:
             return

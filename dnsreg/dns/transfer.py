@@ -30,6 +30,7 @@ from dnsreg.core.registry import Registry
 from dnsreg.dns.answers import Kind, Question, Settings, answer
 from dnsreg.dns.dnssd import SERVICES, SUB, type_name
 from dnsreg.dns.records import AAAA, ANY, IN, NS, SOA, A, Record, SOAData
+from dnsreg.dns.service_answers import MaterialCache
 from dnsreg.dns.zones import StaticZones
 
 SERIAL_MOD = 2**32
@@ -78,6 +79,8 @@ class Journal:
         self.revision = registry.revision
         self._static_seen = static
         self._rng = random.Random(0)  # orders only; a snapshot is a set
+        # Kept across observations: a change patches its service's material, no rebuild.
+        self._materials = MaterialCache()
         self._part_revision: dict[str, int] = {}
         self._panic: dict[str, bool] = {}
         # part → name → the records DNS serves there.
@@ -192,7 +195,7 @@ class Journal:
     def _current_soa(self) -> Record:
         """The apex SOA exactly as DNS answers it (serial = revision)."""
         q = Question(self.settings.origin, SOA, IN, tcp=True)
-        reply = answer(q, self.registry, self.static, self.settings, self._rng)
+        reply = answer(q, self.registry, self.static, self.settings, self._rng, self._materials)
         return reply.answer[0]
 
     # ------------------------------------------------------------- names
@@ -209,16 +212,19 @@ class Journal:
     def _shared_names(self, service: str) -> Iterator[Name]:
         """Names drawn from several instances: the service, its tags, DNS-SD types."""
         origin = self.settings.origin
-        instances = list(self.registry.instances(service).values())
+        registry = self.registry
+        # From the registry's indexes, not its instances: a change costs O(tags), and a
+        # subtype name no instance of that protocol carries collects nothing.
+        tags = sorted(registry.tags(service))
         yield (service, *origin)
-        for tag in sorted({t for i in instances for t in i.reg.tags}):
+        for tag in tags:
             yield (tag, service, *origin)
-        for proto in sorted({i.reg.proto for i in instances}):
+        for proto in registry.protos(service):
             base = type_name(service, proto, origin)
             yield base
-            members = [i for i in instances if i.reg.proto == proto]
-            for tag in sorted({t for i in members for t in i.reg.tags}):
-                yield (f"_{tag}", SUB, *base)
+            if registry.has_proto(service, proto, tagged=True):
+                for tag in tags:
+                    yield (f"_{tag}", SUB, *base)
 
     def _rest_names(self) -> Iterator[Name]:
         origin = self.settings.origin
@@ -234,7 +240,7 @@ class Journal:
     def _collect(self, name: Name) -> Iterator[Record]:
         """What DNS serves at ``name``: the builder's answer to ANY over TCP."""
         q = Question(name, ANY, IN, tcp=True)
-        reply = answer(q, self.registry, self.static, self.settings, self._rng)
+        reply = answer(q, self.registry, self.static, self.settings, self._rng, self._materials)
         if reply.kind is Kind.ANSWER:
             for record in reply.answer:
                 if record.owner == name and record.rtype != SOA:

@@ -239,3 +239,37 @@ def test_patched_material_equals_material_built_afresh() -> None:
             assert _pools_of(patched) == _pools_of(fresh), (step, key)
     assert kept.patches > 100
     assert kept.builds <= 4, "patched, not rebuilt, all along"
+
+
+def test_dnssd_browsing_a_huge_service_is_bounded_and_follows_changes() -> None:
+    """RFC 6763 §4 PTR browsing of 20 000 instances: the first ids that fit, "N of M"
+    over TCP, and a change is patched into the kept material (no rebuild)."""
+    registry = registry_of(20_000)
+    responder = Responder(registry, StaticZones(), Settings(origin=ORIGIN), random.Random(8))
+    q = dns.message.make_query("_big._tcp.service.local", "PTR", use_edns=0)
+
+    def browse() -> list[str]:
+        responder.cache.clear()
+        reply = dns.message.from_wire(responder.respond(q.to_wire(), tcp=True) or b"")
+        assert not reply.flags & dns.flags.TC
+        texts = [o.text for o in reply.options if isinstance(o, dns.edns.EDEOption)]
+        names = [r.target.labels[0].decode() for r in reply.answer[0]]
+        assert texts == [f"{len(names)} of {registry_size()} records"]
+        return names
+
+    def registry_size() -> int:
+        return len(registry.instances("big"))
+
+    first = browse()
+    assert 1000 < len(first) < 20_000
+    assert first == sorted(f"i{n}" for n in range(20_000))[: len(first)]
+    builds = responder.materials.builds
+    registry.deregister("big", first[0])
+    registry.register(
+        Registration("big", "a0", ipaddress.IPv4Address("10.9.9.9"), 80, ttl=0), now=0.0
+    )
+    second = browse()
+    assert second[0] == "a0"
+    assert first[0] not in second
+    assert second[1:] == first[1 : len(second)]
+    assert responder.materials.builds == builds, "patched, not rebuilt"
