@@ -333,20 +333,7 @@ class _Lookup:
 
     def _sd_material(self, service: str, proto: str, tag: str | None) -> Material:
         """Served instances of ``service`` over ``proto`` (with ``tag``), for DNS-SD."""
-        reg = self.registry
-        if tag is None:
-            return self._material(
-                service,
-                ("sd", proto),
-                lambda: [i for i in reg.instances(service).values() if i.reg.proto == proto],
-                lambda i: i.reg.proto == proto,
-            )
-        return self._material(
-            service,
-            ("sd", proto, tag),
-            lambda: [i for i in reg.tagged(service, (tag,)) if i.reg.proto == proto],
-            lambda i: i.reg.proto == proto and tag in i.reg.tags,
-        )
+        return self.materials.sd(self.registry, service, proto, tag, self.settings.origin)
 
     def _instance_answer(self, service: str, instance: Instance, qname: Name, qtype: int) -> Reply:
         material = self._material(service, ("id", instance.reg.id), lambda: (instance,), None)

@@ -43,6 +43,10 @@ ServedOf = Callable[[str, str, str | None], Material]
 # The smallest PTR of a browse answer: owner pointer, type/class/TTL/RDLENGTH, and an
 # instance name of at least one octet of id plus a pointer to ``_svc._proto``.
 MIN_PTR = 2 + 10 + 2 + 2
+# The smallest additional records of one browsed instance (§12.1): SRV (owner pointer
+# and one-octet id, fixed fields, a target of a one-octet id and a pointer), TXT with
+# one empty string (owner pointer), the address (owner pointer).
+MIN_EXTRA = (4 + 10 + 6 + 4) + (2 + 10 + 1) + (2 + 10 + 4)
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,21 +159,27 @@ def _browse(
     panic = (service,) if material.panic else ()
     if not material.count:
         return SdAnswer({}, service=service, panic=panic)
-    instances = material.first_by_id(room // MIN_PTR + 1)
+    pool = material.pool(SRV)
+    shortest_id = pool.min_rr - pool.base_rr
+    instances = material.first_by_id(room // (MIN_PTR - 1 + shortest_id) + 1)
     # RFC 2181 §5.2: one TTL per RRset, the shortest of its members' (of all, not just these).
-    ttl = material.pool(SRV).ttl
+    ttl = pool.ttl
     ptrs = tuple(Record(owner, PTR, ttl, Target(instance_name(i, origin))) for i in instances)
     rrsets: dict[int, tuple[Record, ...]] = {PTR: ptrs}
     if srv:
         rrsets[SRV] = tuple(
             Record(owner, SRV, ttl, _srv(owner, i, origin).rdata) for i in instances
         )
+    # §12.1's additional records are optional: only for the instances whose records
+    # could still fit after the PTRs (none when the PTRs alone fill the reply).
+    left = room - sum(MIN_PTR - 1 + len(i.reg.id) for i in instances)
+    with_extra = instances[: max(0, left) // MIN_EXTRA]
     additional: list[Record] = []
-    for i in instances:
+    for i in with_extra:
         name = instance_name(i, origin)
         additional.append(_srv(name, i, origin))
         additional.append(Record(name, TXT, i.reg.dns_ttl, txt_data(i)))
-    for i in instances:
+    for i in with_extra:
         additional.extend(_addresses(i, origin))
     return SdAnswer(
         rrsets,

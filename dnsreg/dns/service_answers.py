@@ -46,7 +46,8 @@ RR_FIXED = 12
 RDATA_OCTETS = {A: 4, AAAA: 16}
 SRV_FIXED = 6  # priority, weight, port; the target is never compressed (RFC 2782)
 
-DEFAULT_MAX_ENTRIES = 1024
+# Entries: a few per service (whole, tags, DNS-SD) for thousands of services.
+DEFAULT_MAX_ENTRIES = 16384
 # Weighted draws kept per (type, size) of one material, served in turn (as the answer
 # cache keeps shuffled variants of one reply): answers vary, memory stays bounded.
 DRAW_VARIANTS = 8
@@ -382,6 +383,28 @@ class MaterialCache:
         entries[cache_key] = material
         self.instances += len(material.served)
         return material
+
+    def sd(
+        self, registry: Registry, service: str, proto: str, tag: str | None, origin: Name
+    ) -> Material:
+        """Served instances of ``service`` over ``proto`` (with ``tag``), for DNS-SD names."""
+        if tag is None:
+            return self.get(
+                registry,
+                service,
+                ("sd", proto),
+                lambda: [i for i in registry.instances(service).values() if i.reg.proto == proto],
+                origin,
+                lambda i: i.reg.proto == proto,
+            )
+        return self.get(
+            registry,
+            service,
+            ("sd", proto, tag),
+            lambda: [i for i in registry.tagged(service, (tag,)) if i.reg.proto == proto],
+            origin,
+            lambda i: i.reg.proto == proto and tag in i.reg.tags,
+        )
 
     @staticmethod
     def _patch(
