@@ -22,7 +22,8 @@ from dnsreg.core.model import CheckStatus, Instance, Registration
 
 RESERVED_SERVICES = frozenset({"ns"})  # ns.<zone> is the server's own name
 # Instance ids remembered per service for :meth:`Registry.touched_since`: a reader more
-# than this many writes behind on one service rebuilds what it derived instead.
+# than this many writes behind on one service (or an eighth of its instances, if more)
+# rebuilds what it derived instead. Rebuilding costs the service; patching, the writes.
 TOUCH_LOG = 64
 
 
@@ -499,7 +500,7 @@ class Registry:
         if log is None:
             log = self._touched[service] = _TouchLog(self._epoch - 1, deque())
         log.entries.append((self._epoch, instance_id))
-        if len(log.entries) > TOUCH_LOG:
+        if len(log.entries) > TOUCH_LOG and len(log.entries) > len(self.instances(service)) // 8:
             log.floor = log.entries.popleft()[0]
 
     def _bump(self, service: str) -> int:
