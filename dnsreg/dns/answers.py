@@ -184,7 +184,8 @@ class _Lookup:
         if reg.has_service(service):
             return self._service_node(service, rel[:-1], qname, qtype)
         if rel[-1] in dnssd.PROTOS:
-            sd = dnssd.lookup(rel, reg, s.origin, self._sd_material, reply_room(self.tcp))
+            room = reply_room(self.tcp)
+            sd = dnssd.lookup(rel, reg, s.origin, self._sd_material, room, srv_only=qtype == SRV)
             if sd is not None:
                 return self._dnssd(sd, qname, qtype)
         if s.rfc2782_tags and len(rel) == 2 and rel[0][:1] == rel[1][:1] == "_":

@@ -95,11 +95,18 @@ def _service_label(label: str) -> str | None:
 
 
 def lookup(
-    rel: Name, registry: Registry, origin: Name, served_of: ServedOf, room: int
+    rel: Name,
+    registry: Registry,
+    origin: Name,
+    served_of: ServedOf,
+    room: int,
+    *,
+    srv_only: bool = False,
 ) -> SdAnswer | None:
     """The DNS-SD content of ``rel`` (relative to ``origin``); None: no such DNS-SD name.
 
     ``room``: octets the answer may fill; a browse name carries no more PTRs than fit.
+    ``srv_only``: the question is SRV; ``_<svc>._<proto>`` then needs only its material.
     """
     if rel == SERVICES:
         return _services(registry, origin, served_of)
@@ -116,7 +123,10 @@ def lookup(
         return None
     owner = (*rel, *origin)
     if len(rel) == 2:
-        return _browse(owner, service, served_of(service, proto, None), origin, room, srv=True)
+        material = served_of(service, proto, None)
+        if srv_only:
+            return SdAnswer({}, service=service, srv=(service, material))
+        return _browse(owner, service, material, origin, room, srv=True)
     if len(rel) == 3 and rel[0] == SUB:
         if registry.has_proto(service, proto, tagged=True):
             return SdAnswer({}, service=service)  # empty non-terminal above the subtypes
@@ -159,6 +169,12 @@ def _browse(
     panic = (service,) if material.panic else ()
     if not material.count:
         return SdAnswer({}, service=service, panic=panic)
+    # Built once per revision and size: a miss of the answer cache (another EDNS size,
+    # the other transport) encodes what was built, it does not build it again.
+    key = ("browse", owner, room, srv)
+    found = material.derived.get(key)
+    if isinstance(found, SdAnswer):
+        return found
     pool = material.pool(SRV)
     shortest_id = pool.min_rr - pool.base_rr
     instances = material.first_by_id(room // (MIN_PTR - 1 + shortest_id) + 1)
@@ -181,7 +197,7 @@ def _browse(
         additional.append(Record(name, TXT, i.reg.dns_ttl, txt_data(i)))
     for i in with_extra:
         additional.extend(_addresses(i, origin))
-    return SdAnswer(
+    built = SdAnswer(
         rrsets,
         tuple(additional),
         service=service,
@@ -189,6 +205,8 @@ def _browse(
         panic=panic,
         available=material.count,
     )
+    material.derived[key] = built
+    return built
 
 
 def _services(registry: Registry, origin: Name, served_of: ServedOf) -> SdAnswer:

@@ -138,6 +138,8 @@ class Material:
     built: dict[tuple[int, int, Name, int], list[Record]] = field(default_factory=dict)
     kept: dict[int, list[Instance]] = field(default_factory=dict)  # the draws, by id()
     _by_id: list[str] | None = None  # served ids in order, for DNS-SD browsing (RFC 6763 §4)
+    # Whatever else a module derives from this revision (dnssd: browse answers by size).
+    derived: dict[tuple[object, ...], object] = field(default_factory=dict)
 
     @property
     def count(self) -> int:
@@ -247,6 +249,7 @@ class Material:
         self.draws.clear()
         self.built.clear()
         self.kept.clear()
+        self.derived.clear()
         served, pools, by_id = self.served, self._pools, self._by_id
         if by_id is not None and (before is None) != (after is None):
             # In or out of the served set (a replacement keeps its id, and its place).
