@@ -85,6 +85,7 @@ def queries(registry: Registry, responder: Responder, repeat: int) -> Iterator[s
             missed = cost(miss, repeat * 3)
             for _ in range(10):  # every variant built
                 responder.respond(wire, tcp=tcp)
+
             def again(wire: bytes = wire, tcp: bool = tcp) -> None:
                 responder.respond(wire, tcp=tcp)
 
