@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import enum
 import heapq
+from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
@@ -20,6 +21,16 @@ from dnsreg.core.errors import Conflict, DnsregError, NotFound
 from dnsreg.core.model import CheckStatus, Instance, Registration, Write
 
 RESERVED_SERVICES = frozenset({"ns"})  # ns.<zone> is the server's own name
+# Instance ids remembered per service for :meth:`Registry.touched_since`: a reader more
+# than this many writes behind on one service (or an eighth of its instances, if more)
+# rebuilds what it derived instead. Rebuilding costs the service; patching, the writes.
+TOUCH_LOG = 64
+
+
+@dataclass(slots=True)
+class _TouchLog:
+    floor: int  # the log is complete for epochs above this
+    entries: deque[tuple[int, str]]
 
 
 class ChangeKind(enum.Enum):
@@ -66,12 +77,19 @@ class Registry:
         self.static_clash = static_clash
         self._services: dict[str, dict[str, Instance]] = {}
         self._tags: dict[str, dict[str, set[str]]] = {}
+        # (protocol, has tags) -> instances, per service: DNS-SD names ask this per query.
+        self._protos: dict[str, Counter[tuple[str, bool]]] = {}
         self._service_revision: dict[str, int] = {}
         self._leases: list[tuple[float, str, str]] = []  # lazy min-heap of deadlines
         # While a write is staged (see :meth:`stage`): the revision before it and
         # each service revision that :meth:`_bump` overwrote, to put them back.
         self._staged_revision: int | None = None
         self._journal: list[tuple[str, int]] = []
+        # Every write to a service's instances, staged and undone ones included, by epoch
+        # (a counter that never goes back, unlike revisions under unstage), so per-service
+        # caches (dns/service_answers) patch what moved instead of rebuilding the service.
+        self._epoch = 0
+        self._touched: dict[str, _TouchLog] = {}
 
     # ----------------------------------------------------------------- reads
     def __len__(self) -> int:
@@ -113,6 +131,40 @@ class Registry:
 
     def has_tag(self, service: str, tag: str) -> bool:
         return bool(self._tags.get(service, {}).get(tag))
+
+    def tags(self, service: str) -> Iterable[str]:
+        return self._tags.get(service, {}).keys()
+
+    def protos(self, service: str) -> list[str]:
+        """The protocols (``tcp``, ``udp``) some instance of ``service`` is registered with."""
+        return sorted({proto for proto, _ in self._protos.get(service, ())})
+
+    def has_proto(self, service: str, proto: str, *, tagged: bool = False) -> bool:
+        """Some instance of ``service`` has ``proto`` (``tagged``: and carries a tag)."""
+        counts = self._protos.get(service)
+        return counts is not None and (
+            (proto, True) in counts or (not tagged and (proto, False) in counts)
+        )
+
+    def epoch(self, service: str) -> int:
+        """A number that moves with every write to ``service``'s instances (0: none logged)."""
+        log = self._touched.get(service)
+        return log.entries[-1][0] if log is not None else 0
+
+    def touched_since(self, service: str, epoch: int) -> set[str] | None:
+        """Ids of ``service`` written since :meth:`epoch` said ``epoch``; None: not known
+        (too far back, or the service went away meanwhile): derive it all again."""
+        log = self._touched.get(service)
+        if log is None:
+            return set() if epoch == 0 else None
+        if epoch < log.floor:
+            return None
+        out: set[str] = set()
+        for at, instance_id in reversed(log.entries):
+            if at <= epoch:
+                break
+            out.add(instance_id)
+        return out
 
     def service_revision(self, service: str) -> int:
         """Revision of the last change to ``service`` (0 if never seen)."""
@@ -393,11 +445,7 @@ class Registry:
         """
         existing = self.get(change.service, change.id)
         if existing is not None:
-            self._unindex(existing)
-            instances = self._services[change.service]
-            del instances[change.id]
-            if not instances:
-                del self._services[change.service]
+            self._drop(existing)
         if change.after is not None:
             self._put(change.after, track_lease=False)
         self.revision = max(self.revision, change.revision)
@@ -470,10 +518,24 @@ class Registry:
 
     def _drop(self, instance: Instance) -> None:
         self._unindex(instance)
-        instances = self._services[instance.reg.service]
-        del instances[instance.reg.id]
+        self._delete(instance.reg.service, instance.reg.id)
+
+    def _delete(self, service: str, instance_id: str) -> None:
+        instances = self._services[service]
+        del instances[instance_id]
+        self._touch(service, instance_id)
         if not instances:
-            del self._services[instance.reg.service]
+            del self._services[service]
+            self._touched.pop(service, None)  # a service that comes back starts a new log
+
+    def _touch(self, service: str, instance_id: str) -> None:
+        self._epoch += 1
+        log = self._touched.get(service)
+        if log is None:
+            log = self._touched[service] = _TouchLog(self._epoch - 1, deque())
+        log.entries.append((self._epoch, instance_id))
+        if len(log.entries) > TOUCH_LOG and len(log.entries) > len(self.instances(service)) // 8:
+            log.floor = log.entries.popleft()[0]
 
     def _bump(self, service: str) -> int:
         if self._staged_revision is not None:
@@ -485,6 +547,8 @@ class Registry:
     def _put(self, instance: Instance, *, track_lease: bool = True) -> None:
         reg = instance.reg
         self._services.setdefault(reg.service, {})[reg.id] = instance
+        self._touch(reg.service, reg.id)
+        self._protos.setdefault(reg.service, Counter())[(reg.proto, bool(reg.tags))] += 1
         tags = self._tags.setdefault(reg.service, {})
         for tag in reg.tags:
             tags.setdefault(tag, set()).add(reg.id)
@@ -493,6 +557,14 @@ class Registry:
 
     def _unindex(self, instance: Instance) -> None:
         reg = instance.reg
+        protos = self._protos.get(reg.service)
+        if protos is not None:
+            key = (reg.proto, bool(reg.tags))
+            protos[key] -= 1
+            if protos[key] <= 0:
+                del protos[key]
+                if not protos:
+                    del self._protos[reg.service]
         tags = self._tags.get(reg.service)
         if tags is None:
             return
@@ -508,10 +580,7 @@ class Registry:
     def _remove(self, service: str, instance_id: str, kind: ChangeKind) -> Change:
         before = self.require(service, instance_id)
         self._unindex(before)
-        instances = self._services[service]
-        del instances[instance_id]
-        if not instances:
-            del self._services[service]
+        self._delete(service, instance_id)
         revision = self._bump(service)
         return Change(kind, revision, service, instance_id, before, None)
 
@@ -519,6 +588,7 @@ class Registry:
         revision = self._bump(before.reg.service)
         after = before.with_changes(revision=revision, **fields)
         self._services[before.reg.service][before.reg.id] = after
+        self._touch(before.reg.service, before.reg.id)
         return Change(kind, revision, before.reg.service, before.reg.id, before, after)
 
 

@@ -10,7 +10,6 @@ only decodes the query, calls this, and encodes the result (``wire``).
 from __future__ import annotations
 
 import enum
-import ipaddress
 import random
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -39,7 +38,17 @@ from dnsreg.dns.records import (
     Target,
     TXTData,
 )
-from dnsreg.dns.service_answers import Material, MaterialCache, PoolKey, draw_limit, reply_room
+from dnsreg.dns.service_answers import (
+    Material,
+    MaterialCache,
+    PoolKey,
+    draw_limit,
+    everyone,
+    reply_room,
+    tagged_with,
+)
+from dnsreg.dns.settings import Settings as Settings
+from dnsreg.dns.settings import with_alt_domain as with_alt_domain
 from dnsreg.dns.zones import StaticZone, StaticZones
 
 MAX_CNAME_CHAIN = 8
@@ -86,47 +95,6 @@ class Reply:
     # Answer records the data holds for this question (0: just those in ``answer``).
     # More than the answer carries: the encoder says "N of M" when it sends fewer.
     available: int = 0
-
-
-@dataclass(frozen=True, slots=True)
-class Settings:
-    """The parts of the configuration that shape answers."""
-
-    origin: Name
-    ns_addresses: tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, ...] = (
-        ipaddress.IPv4Address("127.0.0.1"),
-    )
-    negative_ttl: int = 5
-    ns_ttl: int = 3600
-    max_answers: int | None = None
-    soa_refresh: int = 3600
-    soa_retry: int = 600
-    soa_expire: int = 86400
-    hostmaster: str = "hostmaster"
-    ns_label: str = "ns"
-    #: Consul's names (config ``alt_domain``): the same registry answered under more
-    #: origins, ``service[.dc1].<alt_domain>``, by the same lookup (see with_alt_domain).
-    alt: tuple[Settings, ...] = ()
-    #: ``_<svc>._<tag>`` selects by tag, as Consul's RFC 2782 form does.
-    rfc2782_tags: bool = False
-
-    @property
-    def ns_name(self) -> Name:
-        return (self.ns_label, *self.origin)
-
-
-def with_alt_domain(settings: Settings, alt_domain: Name, datacenter: str = "dc1") -> Settings:
-    """``settings`` that also answer ``[<tag>.]<svc>.service[.<dc>].<alt_domain>``.
-
-    Consul's names (Consul docs, "DNS static lookups": ``[tag.]<service>.service
-    [.<datacenter>].<domain>``). Each alternative origin is a zone apex with its
-    own SOA and NS, and below it names mean what they mean below the primary origin.
-    """
-    alts = tuple(
-        replace(settings, origin=origin, rfc2782_tags=True)
-        for origin in (("service", *alt_domain), ("service", datacenter, *alt_domain))
-    )
-    return replace(settings, alt=alts)
 
 
 @dataclass(slots=True)
@@ -216,7 +184,8 @@ class _Lookup:
         if reg.has_service(service):
             return self._service_node(service, rel[:-1], qname, qtype)
         if rel[-1] in dnssd.PROTOS:
-            sd = dnssd.lookup(rel, reg, s.origin)
+            room = reply_room(self.tcp)
+            sd = dnssd.lookup(rel, reg, s.origin, self._sd_material, room, srv_only=qtype == SRV)
             if sd is not None:
                 return self._dnssd(sd, qname, qtype)
         if s.rfc2782_tags and len(rel) == 2 and rel[0][:1] == rel[1][:1] == "_":
@@ -224,13 +193,16 @@ class _Lookup:
             tagged_service, tag = rel[0][1:], rel[1][1:]
             if reg.has_tag(tagged_service, tag):
                 material = self._material(
-                    tagged_service, ("tag", tag), lambda: reg.tagged(tagged_service, (tag,))
+                    tagged_service,
+                    ("tag", tag),
+                    lambda: reg.tagged(tagged_service, (tag,)),
+                    tagged_with((tag,)),
                 )
                 return self._service_answer(tagged_service, material, qname, qtype, types=(SRV,))
         if len(rel) == 1 and rel[0] in ("_tcp", "_udp"):
             proto = rel[0][1:]
             # Empty non-terminal above _svc._proto, and above _dns-sd._udp (RFC 6763 §9).
-            if proto == "udp" or any(i.reg.proto == proto for i in reg.all_instances()):
+            if proto == "udp" or any(reg.has_proto(svc, proto) for svc in reg.services()):
                 return self._negative(Kind.NODATA)
         zone = self.static.zones.get(s.origin)
         if zone is not None:
@@ -257,16 +229,20 @@ class _Lookup:
         return self._reply(Kind.ANSWER, b, scope=Scope.GLOBAL)
 
     def _material(
-        self, service: str, key: PoolKey, candidates: Callable[[], Iterable[Instance] | None]
+        self,
+        service: str,
+        key: PoolKey,
+        candidates: Callable[[], Iterable[Instance] | None],
+        member: Callable[[Instance], bool] | None,
     ) -> Material:
-        return self.materials.get(self.registry, service, key, candidates, self.settings.origin)
+        origin = self.settings.origin
+        return self.materials.get(self.registry, service, key, candidates, origin, member)
 
     def _service_node(self, service: str, left: Name, qname: Name, qtype: int) -> Reply:
         reg = self.registry
         if not left:
-            return self._service_answer(
-                service, self._material(service, (), lambda: None), qname, qtype
-            )
+            material = self._material(service, (), lambda: None, everyone)
+            return self._service_answer(service, material, qname, qtype)
         if len(left) == 1:
             label = left[0]
             instance = reg.get(service, label)
@@ -274,12 +250,14 @@ class _Lookup:
                 return self._instance_answer(service, instance, qname, qtype)
             if reg.has_tag(service, label):
                 material = self._material(
-                    service, ("tag", label), lambda: reg.tagged(service, left)
+                    service, ("tag", label), lambda: reg.tagged(service, left), tagged_with(left)
                 )
                 return self._service_answer(service, material, qname, qtype)
             return self._negative(Kind.NXDOMAIN)
-        material = self._material(service, ("tag", *left), lambda: reg.tagged(service, left))
-        if not material.instances and not reg.tagged(service, left):
+        material = self._material(
+            service, ("tag", *left), lambda: reg.tagged(service, left), tagged_with(left)
+        )
+        if not material.count and not reg.tagged(service, left):
             return self._negative(Kind.NXDOMAIN)
         return self._service_answer(service, material, qname, qtype)
 
@@ -308,7 +286,7 @@ class _Lookup:
 
         def has(rtype: int) -> bool:
             if rtype == TXT:
-                return txt_of is not None and bool(material.instances) and bool(txt_of.reg.meta)
+                return txt_of is not None and bool(material.count) and bool(txt_of.reg.meta)
             return material.pool(rtype).count > 0
 
         for rtype in self._wanted(types, qtype, has):
@@ -323,7 +301,7 @@ class _Lookup:
             pool = material.pool(rtype)
             if not pool.count:
                 continue
-            chosen = pool.draw(draw_limit(pool, room, cap), self.rng)
+            chosen = material.draw(rtype, draw_limit(pool, room, cap), self.rng)
             room -= len(chosen) * pool.min_rr
             b.available += pool.count if cap is None else min(cap, pool.count)
             b.answer.extend(material.answer_records(chosen, rtype, qname, pool.ttl))
@@ -336,10 +314,9 @@ class _Lookup:
 
     def _dnssd(self, sd: dnssd.SdAnswer, qname: Name, qtype: int) -> Reply:
         """A DNS-SD name (RFC 6763): PTR browsing, instance SRV/TXT (dns/dnssd)."""
-        if qtype == SRV and sd.srv_pool is not None:
+        if qtype == SRV and sd.srv is not None:
             # _<svc>._<proto> SRV (RFC 2782) keeps its weighted order.
-            service, pool = sd.srv_pool
-            material = self._material(service, ("srv", *qname), lambda: pool)
+            service, material = sd.srv
             return self._service_answer(service, material, qname, qtype, types=(SRV,))
         scope = Scope.STATIC if sd.fixed else sd.service or Scope.GLOBAL
         b = _Builder()
@@ -352,10 +329,15 @@ class _Lookup:
             return self._negative(Kind.NODATA, ede=b.ede)
         b.answer.extend(chosen)
         b.additional.extend(sd.additional)
+        b.available = sd.available if len(chosen) == len(sd.rrsets.get(qtype, ())) else 0
         return self._reply(Kind.ANSWER, b, scope=scope)
 
+    def _sd_material(self, service: str, proto: str, tag: str | None) -> Material:
+        """Served instances of ``service`` over ``proto`` (with ``tag``), for DNS-SD."""
+        return self.materials.sd(self.registry, service, proto, tag, self.settings.origin)
+
     def _instance_answer(self, service: str, instance: Instance, qname: Name, qtype: int) -> Reply:
-        material = self._material(service, ("id", instance.reg.id), lambda: (instance,))
+        material = self._material(service, ("id", instance.reg.id), lambda: (instance,), None)
         return self._service_answer(
             service, material, qname, qtype, types=(A, AAAA, SRV, TXT), txt_of=instance
         )

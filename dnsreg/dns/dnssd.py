@@ -21,13 +21,14 @@ exactly as for the other names. Additional records follow RFC 6763 §12.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from dnsreg.core.model import Instance
 from dnsreg.core.names import Name
 from dnsreg.core.registry import Registry
 from dnsreg.dns.records import AAAA, PTR, SRV, TXT, A, Address, Record, SRVData, Target, TXTData
+from dnsreg.dns.service_answers import Material
 
 PROTOS = ("_tcp", "_udp")
 DNS_SD = ("_dns-sd", "_udp")
@@ -36,24 +37,38 @@ BROWSE_DOMAINS = ("b", "lb")  # RFC 6763 §11: browse, and "legacy browse"
 SUB = "_sub"
 
 
+# Material of the served instances of (service, protocol, tag or None): the answer
+# builder's MaterialCache, so browsing costs what the reply carries, not the service.
+ServedOf = Callable[[str, str, str | None], Material]
+# The smallest PTR of a browse answer: owner pointer, type/class/TTL/RDLENGTH, and an
+# instance name of at least one octet of id plus a pointer to ``_svc._proto``.
+MIN_PTR = 2 + 10 + 2 + 2
+# The smallest additional records of one browsed instance (§12.1): SRV (owner pointer
+# and one-octet id, fixed fields, a target of a one-octet id and a pointer), TXT with
+# one empty string (owner pointer), the address (owner pointer).
+MIN_EXTRA = (4 + 10 + 6 + 4) + (2 + 10 + 1) + (2 + 10 + 4)
+
+
 @dataclass(frozen=True, slots=True)
 class SdAnswer:
     """What a DNS-SD name holds right now.
 
     ``rrsets``: the records at the name by type (empty: the name exists but has
-    no record to serve, a NODATA). ``srv_pool``: for ``_<svc>._<proto>`` the
-    instances its SRV set is drawn from, so the builder can answer SRV the way
-    it always has (weighted shuffle). ``panic``: services served in panic mode.
-    ``service``: the one service the content depends on (None: the whole
-    registry); ``fixed``: it depends on nothing but the zone's name.
+    no record to serve, a NODATA). ``srv``: for ``_<svc>._<proto>`` the material
+    its SRV set is drawn from, so the builder answers SRV the way it always has
+    (weighted shuffle). ``panic``: services served in panic mode. ``service``:
+    the one service the content depends on (None: the whole registry);
+    ``fixed``: it depends on nothing but the zone's name. ``available``: records
+    the name holds, when the rrsets carry only the first of them.
     """
 
     rrsets: Mapping[int, tuple[Record, ...]]
     additional: tuple[Record, ...] = ()
     service: str | None = None
     fixed: bool = False
-    srv_pool: tuple[str, tuple[Instance, ...]] | None = None
+    srv: tuple[str, Material] | None = None
     panic: tuple[str, ...] = field(default=())
+    available: int = 0
 
 
 def type_name(service: str, proto: str, origin: Name) -> Name:
@@ -79,10 +94,22 @@ def _service_label(label: str) -> str | None:
     return label[1:] if label.startswith("_") and len(label) > 1 else None
 
 
-def lookup(rel: Name, registry: Registry, origin: Name) -> SdAnswer | None:
-    """The DNS-SD content of ``rel`` (relative to ``origin``); None: no such DNS-SD name."""
+def lookup(
+    rel: Name,
+    registry: Registry,
+    origin: Name,
+    served_of: ServedOf,
+    room: int,
+    *,
+    srv_only: bool = False,
+) -> SdAnswer | None:
+    """The DNS-SD content of ``rel`` (relative to ``origin``); None: no such DNS-SD name.
+
+    ``room``: octets the answer may fill; a browse name carries no more PTRs than fit.
+    ``srv_only``: the question is SRV; ``_<svc>._<proto>`` then needs only its material.
+    """
     if rel == SERVICES:
-        return _services(registry, origin)
+        return _services(registry, origin, served_of)
     if len(rel) == 3 and rel[1:] == DNS_SD and rel[0] in BROWSE_DOMAINS:
         owner = (*rel, *origin)
         return SdAnswer({PTR: (Record(owner, PTR, 3600, Target(origin)),)}, fixed=True)
@@ -91,95 +118,111 @@ def lookup(rel: Name, registry: Registry, origin: Name) -> SdAnswer | None:
     if len(rel) < 2 or rel[-1] not in PROTOS:
         return None
     service = _service_label(rel[-2])
-    if service is None or not registry.has_service(service):
-        return None
     proto = rel[-1][1:]
-    pool = [i for i in registry.instances(service).values() if i.reg.proto == proto]
-    if not pool:
+    if service is None or not registry.has_proto(service, proto):
         return None
     owner = (*rel, *origin)
     if len(rel) == 2:
-        return _browse(owner, service, pool, registry, origin, with_srv=True)
+        material = served_of(service, proto, None)
+        if srv_only:
+            return SdAnswer({}, service=service, srv=(service, material))
+        return _browse(owner, service, material, origin, room, srv=True)
     if len(rel) == 3 and rel[0] == SUB:
-        if any(i.reg.tags for i in pool):
+        if registry.has_proto(service, proto, tagged=True):
             return SdAnswer({}, service=service)  # empty non-terminal above the subtypes
         return None
     if len(rel) == 3:
-        match = [i for i in pool if i.reg.id == rel[0]]
-        if not match:
+        found = registry.get(service, rel[0])
+        if found is None or found.reg.proto != proto:
             return None
-        served = registry.served(service, match)
+        material = served_of(service, proto, None)
         rrsets: dict[int, tuple[Record, ...]] = {}
         additional: list[Record] = []
-        for instance in served.instances:
+        instance = material.served.get(found.reg.id)
+        if instance is not None:
             rrsets[SRV] = (_srv(owner, instance, origin),)
             rrsets[TXT] = (Record(owner, TXT, instance.reg.dns_ttl, txt_data(instance)),)
             additional.extend(_addresses(instance, origin))  # RFC 6763 §12.2
-        panic = (service,) if served.panic else ()
+        panic = (service,) if material.panic else ()
         return SdAnswer(rrsets, tuple(additional), service=service, panic=panic)
     if len(rel) == 4 and rel[1] == SUB:
         tag = _service_label(rel[0])
-        if tag is None:
+        if tag is None or not registry.has_tag(service, tag):
             return None
-        tagged = [i for i in pool if tag in i.reg.tags]
-        if not tagged:
+        material = served_of(service, proto, tag)
+        if not material.count and not any(
+            i.reg.proto == proto for i in registry.tagged(service, (tag,))
+        ):
             return None
-        return _browse(owner, service, tagged, registry, origin, with_srv=False)
+        return _browse(owner, service, material, origin, room, srv=False)
     return None
 
 
 def _browse(
-    owner: Name,
-    service: str,
-    pool: Sequence[Instance],
-    registry: Registry,
-    origin: Name,
-    *,
-    with_srv: bool,
+    owner: Name, service: str, material: Material, origin: Name, room: int, *, srv: bool
 ) -> SdAnswer:
-    """PTR to each served instance; its SRV, TXT and address go in additional (§12.1)."""
-    served = registry.served(service, pool)
-    instances = sorted(served.instances, key=lambda i: i.reg.id)
-    panic = (service,) if served.panic else ()
-    if not instances:
+    """PTR to each served instance; its SRV, TXT and address go in additional (§12.1).
+
+    In id order, and only as many as ``room`` could hold (SPEC §2 "Answers are
+    bounded"): the ids come sorted from the material, so this costs the answer.
+    """
+    panic = (service,) if material.panic else ()
+    if not material.count:
         return SdAnswer({}, service=service, panic=panic)
-    # RFC 2181 §5.2: one TTL per RRset, the shortest of its members'.
-    ttl = min(i.reg.dns_ttl for i in instances)
+    # Built once per revision and size: a miss of the answer cache (another EDNS size,
+    # the other transport) encodes what was built, it does not build it again.
+    key = ("browse", owner, room, srv)
+    found = material.derived.get(key)
+    if isinstance(found, SdAnswer):
+        return found
+    pool = material.pool(SRV)
+    shortest_id = pool.min_rr - pool.base_rr
+    instances = material.first_by_id(room // (MIN_PTR - 1 + shortest_id) + 1)
+    # RFC 2181 §5.2: one TTL per RRset, the shortest of its members' (of all, not just these).
+    ttl = pool.ttl
     ptrs = tuple(Record(owner, PTR, ttl, Target(instance_name(i, origin))) for i in instances)
     rrsets: dict[int, tuple[Record, ...]] = {PTR: ptrs}
-    if with_srv:
+    if srv:
         rrsets[SRV] = tuple(
             Record(owner, SRV, ttl, _srv(owner, i, origin).rdata) for i in instances
         )
+    # §12.1's additional records are optional: only for the instances whose records
+    # could still fit after the PTRs (none when the PTRs alone fill the reply).
+    left = room - sum(MIN_PTR - 1 + len(i.reg.id) for i in instances)
+    with_extra = instances[: max(0, left) // MIN_EXTRA]
     additional: list[Record] = []
-    for i in instances:
+    for i in with_extra:
         name = instance_name(i, origin)
         additional.append(_srv(name, i, origin))
         additional.append(Record(name, TXT, i.reg.dns_ttl, txt_data(i)))
-    for i in instances:
+    for i in with_extra:
         additional.extend(_addresses(i, origin))
-    return SdAnswer(
+    built = SdAnswer(
         rrsets,
         tuple(additional),
         service=service,
-        srv_pool=(service, tuple(instances)) if with_srv else None,
+        srv=(service, material) if srv else None,
         panic=panic,
+        available=material.count,
     )
+    material.derived[key] = built
+    return built
 
 
-def _services(registry: Registry, origin: Name) -> SdAnswer:
+def _services(registry: Registry, origin: Name, served_of: ServedOf) -> SdAnswer:
     """RFC 6763 §9: one PTR per service type that has a served instance."""
     owner = (*SERVICES, *origin)
     targets: list[tuple[Name, int]] = []
     panic: list[str] = []
     for service in sorted(registry.services()):
-        served = registry.served(service)
-        if served.panic:
+        in_panic = False
+        for proto in registry.protos(service):
+            material = served_of(service, proto, None)
+            in_panic = in_panic or material.panic
+            if material.count:
+                targets.append((type_name(service, proto, origin), material.pool(SRV).ttl))
+        if in_panic:
             panic.append(service)
-        protos: dict[str, int] = {}
-        for i in served.instances:
-            protos[i.reg.proto] = min(protos.get(i.reg.proto, i.reg.dns_ttl), i.reg.dns_ttl)
-        targets.extend((type_name(service, p, origin), t) for p, t in sorted(protos.items()))
     if not targets:
         return SdAnswer({}, panic=tuple(panic))
     ttl = min(t for _, t in targets)

@@ -15,16 +15,16 @@ the caller passes in, and validity from the registry's service revision.
 
 from __future__ import annotations
 
-import itertools
-import math
+import bisect
 import random
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv6Address
 
 from dnsreg.core.model import Instance, Registration
 from dnsreg.core.names import Name
 from dnsreg.core.registry import Registry
+from dnsreg.dns.pools import Pool
 from dnsreg.dns.records import (
     AAAA,
     ANY,
@@ -46,111 +46,20 @@ RR_FIXED = 12
 RDATA_OCTETS = {A: 4, AAAA: 16}
 SRV_FIXED = 6  # priority, weight, port; the target is never compressed (RFC 2782)
 
-# A group this much larger than the draw is sampled by bisection instead of shuffled whole.
-SHUFFLE_FACTOR = 4
-SHUFFLE_MIN = 64
-
-DEFAULT_MAX_ENTRIES = 1024
+# Entries: a few per service (whole, tags, DNS-SD) for thousands of services.
+DEFAULT_MAX_ENTRIES = 16384
+# Weighted draws kept per (type, size) of one material, served in turn (as the answer
+# cache keeps shuffled variants of one reply): answers vary, memory stays bounded.
+DRAW_VARIANTS = 8
+# Draws longer than this keep their records (below it a memo lookup per record is cheap).
+KEEP_RECORDS = 256
+# A material more writes behind than this is built again rather than patched.
+PATCH_LIMIT = 4096
 # Instances referenced by all cached material together: bounds memory on hostile key sets.
 DEFAULT_MAX_INSTANCES = 250_000
 
 PoolKey = tuple[str, ...]
 RECORD_MEMO = 65536  # records remembered per (type, owner) of one material
-
-
-@dataclass(frozen=True, slots=True)
-class Group:
-    """Instances of one priority, with running weight totals for bisection."""
-
-    priority: int
-    instances: tuple[Instance, ...]
-    cumulative: tuple[int, ...]
-
-    @property
-    def total(self) -> int:
-        return self.cumulative[-1]
-
-
-@dataclass(frozen=True, slots=True)
-class Pool:
-    """The served instances answering one record type, lowest priority first."""
-
-    groups: tuple[Group, ...]
-    count: int
-    ttl: int  # RFC 2181 §5.2: one TTL for the RRset, the smallest of its instances
-    min_rr: int  # octets of the smallest record of this pool in an answer
-
-    def draw(self, k: int, rng: random.Random) -> list[Instance]:
-        """Up to ``k`` instances: lower priority first, weighted random within one.
-
-        Draws without replacement with probability proportional to weight
-        (RFC 2782's selection, applied to A/AAAA clients too). A group at most
-        a few times larger than the draw is ordered whole by Efraimidis–Spirakis
-        keys (u^(1/w)); a far larger one is sampled by bisecting the
-        cumulative weights, rejecting repeats, so the cost is O(k log n).
-        """
-        out: list[Instance] = []
-        for group in self.groups:
-            need = k - len(out)
-            if need <= 0:
-                break
-            members = group.instances
-            if len(members) <= SHUFFLE_FACTOR * need + SHUFFLE_MIN:
-                keyed = sorted(
-                    (-math.log(rng.random() or 1e-300) / i.reg.weight, n)
-                    for n, i in enumerate(members)
-                )
-                out.extend(members[n] for _, n in keyed[:need])
-            else:
-                out.extend(_sample(group, need, rng))
-        return out
-
-
-def _sample(group: Group, need: int, rng: random.Random) -> list[Instance]:
-    members, cumulative = group.instances, group.cumulative
-    n = len(members)
-    # The order in which indices first appear in a sequence of independent weighted
-    # draws is a weighted draw without replacement; ``choices`` bisects in C-speed batches.
-    picked: dict[int, None] = {}
-    population = range(n)
-    for _ in range(8):
-        missing = need - len(picked)
-        if missing <= 0:
-            break
-        picked.update(
-            dict.fromkeys(
-                rng.choices(population, cum_weights=cumulative, k=missing + missing // 4 + 8)
-            )
-        )
-    chosen = list(picked)[:need]
-    # Weights so skewed that a few heavy instances keep coming back: fill the rest
-    # uniformly (need < n / SHUFFLE_FACTOR here, so this ends quickly).
-    while len(chosen) < need:
-        at = rng.randrange(n)
-        if at not in picked:
-            picked[at] = None
-            chosen.append(at)
-    return [members[at] for at in chosen]
-
-
-def _pool(instances: Sequence[Instance], min_rr: int) -> Pool:
-    """Group by priority (one pass; a single priority, the usual case, needs no split)."""
-    if not instances:
-        return Pool((), 0, 0, min_rr)
-    regs = [i.reg for i in instances]
-    priorities = {r.priority for r in regs}
-    if len(priorities) == 1:
-        split = [(priorities.pop(), list(instances))]
-    else:
-        by_priority: dict[int, list[Instance]] = {}
-        for i in instances:
-            by_priority.setdefault(i.reg.priority, []).append(i)
-        split = sorted(by_priority.items())
-    groups = tuple(
-        Group(p, tuple(members), tuple(itertools.accumulate(i.reg.weight for i in members)))
-        for p, members in split
-    )
-    return Pool(groups, len(instances), min(r.dns_ttl for r in regs), min_rr)
 
 
 def _name_octets(name: Name) -> int:
@@ -204,15 +113,42 @@ class RecordMemo:
 
 @dataclass(slots=True)
 class Material:
-    """What answers about one pool of one service need, at one service revision."""
+    """What answers about one pool of one service need, at one service revision.
+
+    ``served``: the served instances by id. Patched in place when its service
+    moves (:meth:`MaterialCache.get`), so a change costs the instances it
+    touched, not the service. ``draws`` keeps :data:`DRAW_VARIANTS` weighted
+    draws per (type, size) and serves them in turn: a query the answer cache
+    misses (another EDNS size, say) reuses one instead of drawing and building
+    records afresh, and the records built stay bounded per revision.
+    """
 
     stamp: int
-    instances: tuple[Instance, ...]  # the served ones
+    served: dict[str, Instance]
     panic: bool
     origin: Name
+    epoch: int = 0
     _pools: dict[int, Pool] = field(default_factory=dict)
     memo: RecordMemo = field(default_factory=lambda: RecordMemo())
     service: str = ""
+    draws: dict[tuple[int, int], list[list[Instance]]] = field(default_factory=dict)
+    turn: int = 0
+    # Records of a kept draw, by (the draw's id, type, owner, TTL): a 64 KiB TCP answer
+    # drawn before is not looked up again record by record. Cleared with ``draws``.
+    built: dict[tuple[int, int, Name, int], list[Record]] = field(default_factory=dict)
+    kept: dict[int, list[Instance]] = field(default_factory=dict)  # the draws, by id()
+    _by_id: list[str] | None = None  # served ids in order, for DNS-SD browsing (RFC 6763 §4)
+    # Whatever else a module derives from this revision (dnssd: browse answers by size).
+    derived: dict[tuple[object, ...], object] = field(default_factory=dict)
+
+    @property
+    def count(self) -> int:
+        return len(self.served)
+
+    @property
+    def instances(self) -> tuple[Instance, ...]:
+        """The served instances (a copy: O(instances), not for the query path)."""
+        return tuple(self.served.values())
 
     def records(
         self,
@@ -223,7 +159,16 @@ class Material:
         make: Callable[[Instance], Record],
     ) -> list[Record]:
         """The records of ``chosen`` (``make`` builds one), reused while they stand."""
-        return self.memo.records((self.service, rtype, owner, ttl, self.origin), chosen, make)
+        draw = self.kept.get(id(chosen))
+        kept = draw is chosen and draw is not None and len(draw) > KEEP_RECORDS
+        if kept:
+            found = self.built.get((id(chosen), rtype, owner, ttl))
+            if found is not None:
+                return found
+        out = self.memo.records((self.service, rtype, owner, ttl, self.origin), chosen, make)
+        if kept:
+            self.built[(id(chosen), rtype, owner, ttl)] = out
+        return out
 
     def answer_records(
         self, instances: Sequence[Instance], rtype: int, qname: Name, ttl: int
@@ -269,18 +214,81 @@ class Material:
         if found is None:
             if rtype == SRV:
                 # Target: id.service.origin, uncompressed (RFC 2782); the shortest id counts.
-                shortest = min((len(i.reg.id) for i in self.instances), default=1)
-                service = len(self.instances[0].reg.service) if self.instances else 1
-                size = RR_FIXED + SRV_FIXED + shortest + service + 2 + _name_octets(self.origin)
-                found = _pool(self.instances, size)
+                base = RR_FIXED + SRV_FIXED + len(self.service) + 2 + _name_octets(self.origin)
+                found = Pool(base, by_id=True)
             else:
+                found = Pool(RR_FIXED + RDATA_OCTETS.get(rtype, 0), by_id=False)
+            members: Collection[Instance] = self.served.values()
+            if rtype != SRV:
                 family = IPv4Address if rtype == A else IPv6Address
-                found = _pool(
-                    [i for i in self.instances if type(i.reg.address) is family],
-                    RR_FIXED + RDATA_OCTETS.get(rtype, 0),
-                )
+                members = [i for i in members if type(i.reg.address) is family]
+            found.fill(members)
             self._pools[rtype] = found
         return found
+
+    def first_by_id(self, k: int) -> list[Instance]:
+        """The ``k`` served instances whose ids sort first (sorted once, then kept sorted)."""
+        if self._by_id is None:
+            self._by_id = sorted(self.served)
+        served = self.served
+        return [served[i] for i in self._by_id[:k]]
+
+    def draw(self, rtype: int, k: int, rng: random.Random) -> list[Instance]:
+        """A weighted draw of ``k`` from the ``rtype`` pool: one of a few kept per revision."""
+        kept = self.draws.setdefault((rtype, k), [])
+        if len(kept) < DRAW_VARIANTS:
+            chosen = self.pool(rtype).draw(k, rng)
+            kept.append(chosen)
+            self.kept[id(chosen)] = chosen  # held here, so the id names this list alone
+            return chosen
+        self.turn += 1
+        return kept[self.turn % DRAW_VARIANTS]
+
+    def patch(self, before: Instance | None, after: Instance | None) -> None:
+        """One instance in, out or replaced (``None``: not served there)."""
+        self.draws.clear()
+        self.built.clear()
+        self.kept.clear()
+        self.derived.clear()
+        served, pools, by_id = self.served, self._pools, self._by_id
+        if by_id is not None and (before is None) != (after is None):
+            # In or out of the served set (a replacement keeps its id, and its place).
+            if before is not None:
+                del by_id[bisect.bisect_left(by_id, before.reg.id)]
+            elif after is not None:
+                bisect.insort(by_id, after.reg.id)
+        if before is not None:
+            del served[before.reg.id]
+            for rtype, pool in pools.items():
+                if _answers(rtype, before):
+                    pool.remove(before)
+        if after is not None:
+            served[after.reg.id] = after
+            for rtype, pool in pools.items():
+                if _answers(rtype, after):
+                    pool.add(after)
+
+
+def _answers(rtype: int, instance: Instance) -> bool:
+    """Whether ``instance`` belongs in the ``rtype`` pool (SRV: every one)."""
+    if rtype == SRV:
+        return True
+    family = type(instance.reg.address)
+    return (rtype == A and family is IPv4Address) or (rtype == AAAA and family is IPv6Address)
+
+
+def everyone(instance: Instance) -> bool:
+    return True
+
+
+def tagged_with(tags: Sequence[str]) -> Callable[[Instance], bool]:
+    """Whether an instance carries every one of ``tags`` (as ``Registry.tagged`` asks)."""
+    return lambda instance: all(t in instance.reg.tags for t in tags)
+
+
+def served_now(instance: Instance) -> bool:
+    """``Registry.served``'s verdict for one instance outside panic mode."""
+    return instance.maintenance is None and (not instance.checks or instance.health.served)
 
 
 def reply_room(tcp: bool) -> int:
@@ -301,8 +309,12 @@ def draw_limit(pool: Pool, room: int, max_answers: int | None) -> int:
 class MaterialCache:
     """Material per (service, pool key), valid while the service's revision stands.
 
-    Bounded twice: in entries and in instances referenced, oldest first (a
-    dict keeps insertion order; a hit moves its entry to the end).
+    When the revision moved, the registry says which instances were written
+    since (:meth:`Registry.touched_since`) and the material is patched with
+    just those, given a ``member`` test for the key; without one, too far
+    behind, or with a panic threshold (the verdict is the whole service's) it
+    is built again. Bounded twice: in entries and in instances referenced,
+    oldest first (a dict keeps insertion order; a hit moves its entry to the end).
     """
 
     def __init__(
@@ -313,6 +325,7 @@ class MaterialCache:
         self.entries: dict[tuple[str, PoolKey, Name], Material] = {}
         self.instances = 0
         self.builds = 0
+        self.patches = 0
         self.memo = RecordMemo()
 
     def get(
@@ -322,17 +335,34 @@ class MaterialCache:
         key: PoolKey,
         candidates: Callable[[], Iterable[Instance] | None],
         origin: Name,
+        member: Callable[[Instance], bool] | None = None,
     ) -> Material:
-        """The material of ``candidates`` (None: the whole service) of ``service``."""
+        """The material of ``candidates`` (None: the whole service) of ``service``.
+
+        ``member``: whether an instance of the service is one of ``candidates``,
+        so a change can be patched in rather than the whole set asked again.
+        """
         stamp = registry.service_revision(service)
         entries = self.entries
         cache_key = (service, key, origin)  # a zone and its alt_domain: one each
         found = entries.pop(cache_key, None)
         if found is not None:
-            if found.stamp == stamp:
+            epoch = registry.epoch(service)
+            if found.stamp == stamp and found.epoch == epoch:
                 entries[cache_key] = found
                 return found
-            self.instances -= len(found.instances)
+            self.instances -= len(found.served)
+            if member is not None and registry.panic_threshold is None:
+                touched = registry.touched_since(service, found.epoch)
+                if touched is not None and len(touched) <= PATCH_LIMIT:
+                    self._patch(found, registry, service, touched, member)
+                    found.stamp, found.epoch = stamp, epoch
+                    self.patches += 1
+                    self._make_room(len(found.served))
+                    entries[cache_key] = found
+                    self.instances += len(found.served)
+                    return found
+        epoch = registry.epoch(service)
         pool = candidates()
         if pool is None:
             served = registry.served(service)
@@ -343,13 +373,56 @@ class MaterialCache:
             whole = self.get(registry, service, (), lambda: None, origin)
             served = registry.served(service, pool, panic=whole.panic)
         material = Material(
-            stamp, served.instances, served.panic, origin, memo=self.memo, service=service
+            stamp,
+            {i.reg.id: i for i in served.instances},
+            served.panic,
+            origin,
+            epoch,
+            memo=self.memo,
+            service=service,
         )
         self.builds += 1
-        self._make_room(len(material.instances))
+        self._make_room(len(material.served))
         entries[cache_key] = material
-        self.instances += len(material.instances)
+        self.instances += len(material.served)
         return material
+
+    def sd(
+        self, registry: Registry, service: str, proto: str, tag: str | None, origin: Name
+    ) -> Material:
+        """Served instances of ``service`` over ``proto`` (with ``tag``), for DNS-SD names."""
+        if tag is None:
+            return self.get(
+                registry,
+                service,
+                ("sd", proto),
+                lambda: [i for i in registry.instances(service).values() if i.reg.proto == proto],
+                origin,
+                lambda i: i.reg.proto == proto,
+            )
+        return self.get(
+            registry,
+            service,
+            ("sd", proto, tag),
+            lambda: [i for i in registry.tagged(service, (tag,)) if i.reg.proto == proto],
+            origin,
+            lambda i: i.reg.proto == proto and tag in i.reg.tags,
+        )
+
+    @staticmethod
+    def _patch(
+        material: Material,
+        registry: Registry,
+        service: str,
+        touched: Iterable[str],
+        member: Callable[[Instance], bool],
+    ) -> None:
+        for instance_id in touched:
+            before = material.served.get(instance_id)
+            now = registry.get(service, instance_id)
+            after = now if now is not None and member(now) and served_now(now) else None
+            if before is not None or after is not None:
+                material.patch(before, after)
 
     def _make_room(self, incoming: int) -> None:
         entries = self.entries
@@ -357,4 +430,4 @@ class MaterialCache:
             len(entries) >= self.max_entries or self.instances + incoming > self.max_instances
         ):
             oldest = next(iter(entries))
-            self.instances -= len(entries.pop(oldest).instances)
+            self.instances -= len(entries.pop(oldest).served)

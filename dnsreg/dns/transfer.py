@@ -29,7 +29,8 @@ from dnsreg.core.names import Name, is_subdomain
 from dnsreg.core.registry import Registry
 from dnsreg.dns.answers import Kind, Question, Settings, answer
 from dnsreg.dns.dnssd import SERVICES, SUB, type_name
-from dnsreg.dns.records import AAAA, ANY, IN, NS, SOA, A, Record, SOAData
+from dnsreg.dns.records import AAAA, ANY, IN, NS, SOA, SRV, A, Record, SOAData
+from dnsreg.dns.service_answers import MaterialCache
 from dnsreg.dns.zones import StaticZones
 
 SERIAL_MOD = 2**32
@@ -78,12 +79,20 @@ class Journal:
         self.revision = registry.revision
         self._static_seen = static
         self._rng = random.Random(0)  # orders only; a snapshot is a set
+        # Kept across observations: a change patches its service's material, no rebuild.
+        self._materials = MaterialCache()
         self._part_revision: dict[str, int] = {}
         self._panic: dict[str, bool] = {}
         # part → name → the records DNS serves there.
         self._nodes: dict[str, dict[Name, frozenset[Record]]] = {}
         # service → instance id → the names of that instance alone.
         self._own: dict[str, dict[str, tuple[Name, ...]]] = {}
+        # service → its shared names (service, tags, DNS-SD types) at the last observe.
+        self._shared: dict[str, set[Name]] = {}
+        self._epochs: dict[str, int] = {}  # service → registry.epoch() at the last observe
+        # service → what ``_services._dns-sd._udp`` says of it (RFC 6763 §9): the rest of
+        # the zone is asked again only when one of these moves, not on every change.
+        self._browsed: dict[str, tuple[object, ...]] = {}
         # Instances known to have changed since the last observe (None: the whole service).
         self._touched: dict[str, set[str] | None] = {}
         self.soa = self._current_soa()
@@ -159,17 +168,27 @@ class Journal:
                     deleted.update(nodes.pop(name))
 
         live = set(registry.services())
+        rest_moved = _REST not in self._nodes
         for gone in [p for p in self._nodes if p != _REST and p not in live]:
             for records in self._nodes.pop(gone).values():
                 deleted.update(records)
             self._part_revision.pop(gone, None)
             self._own.pop(gone, None)
             self._panic.pop(gone, None)
+            self._shared.pop(gone, None)
+            self._epochs.pop(gone, None)
+            rest_moved = self._browsed.pop(gone, None) is not None or rest_moved
         for service in live:
             if self._part_revision.get(service) == registry.service_revision(service):
                 continue
             panic = registry.in_panic(service)
-            ids = touched.get(service)
+            # Which instances moved: the registry's own log says (whoever wrote), else
+            # what :meth:`touch` was told, else every instance of the service.
+            ids = None
+            if service in self._epochs:
+                ids = registry.touched_since(service, self._epochs[service])
+            if ids is None:
+                ids = touched.get(service)
             if ids is None or self._panic.get(service) != panic:
                 ids = set(self._own.get(service, {})) | set(registry.instances(service))
             own = self._own.setdefault(service, {})
@@ -179,20 +198,28 @@ class Journal:
                 if names:
                     own[instance_id] = names
                 update(service, set(old_names) | set(names))
-            shared = list(self._shared_names(service))
-            keep = set(shared) | {n for names in own.values() for n in names}
-            update(service, shared, keep)
+            shared = set(self._shared_names(service))
+            # A shared name no longer shared (its tag gone) is asked once more: it may
+            # still be an instance's name, or hold nothing now and go.
+            update(service, shared | (self._shared.get(service, set()) - shared))
+            self._shared[service] = shared
             self._part_revision[service] = registry.service_revision(service)
+            self._epochs[service] = registry.epoch(service)
             self._panic[service] = panic
-        rest = list(self._rest_names())
-        update(_REST, rest, set(rest))
+            browsed = self._browse_summary(service)
+            if self._browsed.get(service) != browsed:
+                self._browsed[service] = browsed
+                rest_moved = True
+        if rest_moved or self.static is not self._static_seen:
+            rest = list(self._rest_names())
+            update(_REST, rest, set(rest))
         self._static_seen = self.static
         return tuple(sorted(deleted, key=_order)), tuple(sorted(added, key=_order))
 
     def _current_soa(self) -> Record:
         """The apex SOA exactly as DNS answers it (serial = revision)."""
         q = Question(self.settings.origin, SOA, IN, tcp=True)
-        reply = answer(q, self.registry, self.static, self.settings, self._rng)
+        reply = answer(q, self.registry, self.static, self.settings, self._rng, self._materials)
         return reply.answer[0]
 
     # ------------------------------------------------------------- names
@@ -209,16 +236,27 @@ class Journal:
     def _shared_names(self, service: str) -> Iterator[Name]:
         """Names drawn from several instances: the service, its tags, DNS-SD types."""
         origin = self.settings.origin
-        instances = list(self.registry.instances(service).values())
+        registry = self.registry
+        # From the registry's indexes, not its instances: a change costs O(tags), and a
+        # subtype name no instance of that protocol carries collects nothing.
+        tags = sorted(registry.tags(service))
         yield (service, *origin)
-        for tag in sorted({t for i in instances for t in i.reg.tags}):
+        for tag in tags:
             yield (tag, service, *origin)
-        for proto in sorted({i.reg.proto for i in instances}):
+        for proto in registry.protos(service):
             base = type_name(service, proto, origin)
             yield base
-            members = [i for i in instances if i.reg.proto == proto]
-            for tag in sorted({t for i in members for t in i.reg.tags}):
-                yield (f"_{tag}", SUB, *base)
+            if registry.has_proto(service, proto, tagged=True):
+                for tag in tags:
+                    yield (f"_{tag}", SUB, *base)
+
+    def _browse_summary(self, service: str) -> tuple[object, ...]:
+        """Per protocol: served or not, and the smallest TTL; and the panic verdict."""
+        out: list[object] = [self._panic.get(service)]
+        for proto in self.registry.protos(service):
+            m = self._materials.sd(self.registry, service, proto, None, self.settings.origin)
+            out.append((proto, m.count > 0, m.pool(SRV).ttl if m.count else 0, m.panic))
+        return tuple(out)
 
     def _rest_names(self) -> Iterator[Name]:
         origin = self.settings.origin
@@ -234,7 +272,7 @@ class Journal:
     def _collect(self, name: Name) -> Iterator[Record]:
         """What DNS serves at ``name``: the builder's answer to ANY over TCP."""
         q = Question(name, ANY, IN, tcp=True)
-        reply = answer(q, self.registry, self.static, self.settings, self._rng)
+        reply = answer(q, self.registry, self.static, self.settings, self._rng, self._materials)
         if reply.kind is Kind.ANSWER:
             for record in reply.answer:
                 if record.owner == name and record.rtype != SOA:

@@ -8,7 +8,7 @@ import pytest
 
 from dnsreg.core.errors import Conflict, NotFound
 from dnsreg.core.model import Registration
-from dnsreg.core.registry import ChangeKind, Registry
+from dnsreg.core.registry import TOUCH_LOG, ChangeKind, Registry
 from tests.helpers import FakeClock
 
 
@@ -170,3 +170,34 @@ def test_redo_applies_committed_changes_and_keeps_a_newer_lease() -> None:
     assert now.maintenance == "deploy"
     assert now.deadline == clock() + 10  # the heartbeat's lease, not the staged one
     assert r.revision == change.revision == r.service_revision("web")
+
+
+def test_touched_since_names_the_instances_written_and_knows_when_it_cannot() -> None:
+    registry = Registry()
+    address = ipaddress.IPv4Address("10.0.0.1")
+    assert registry.touched_since("web", 0) == set()
+    registry.register(Registration("web", "a", address, 80, ttl=0), now=0.0)
+    registry.register(Registration("web", "b", address, 80, ttl=0), now=0.0)
+    mark = registry.epoch("web")
+    registry.register(Registration("web", "c", address, 80, ttl=0), now=0.0)
+    registry.deregister("web", "a")
+    registry.set_maintenance("web", "b", "drain")
+    registry.register(Registration("db", "x", address, 80, ttl=0), now=0.0)
+    assert registry.touched_since("web", mark) == {"a", "b", "c"}
+    assert registry.touched_since("web", registry.epoch("web")) == set()
+    registry.heartbeat("web", "b", now=1.0)  # nothing DNS shows moved
+    assert registry.touched_since("web", registry.epoch("web")) == set()
+    # A write staged and undone still counts: what a reader derived may have seen it.
+    mark = registry.epoch("web")
+    registry.stage()
+    change = registry.deregister("web", "c")
+    registry.unstage([change])
+    assert registry.touched_since("web", mark) == {"c"}
+    for n in range(TOUCH_LOG + 1):
+        registry.set_maintenance("web", "b", f"r{n}")
+    assert registry.touched_since("web", mark) is None, "too far behind: rebuild"
+    mark = registry.epoch("web")
+    registry.deregister("web", "b")
+    registry.deregister("web", "c")
+    registry.register(Registration("web", "d", address, 80, ttl=0), now=0.0)
+    assert registry.touched_since("web", mark) is None, "the service went away meanwhile"

@@ -6,19 +6,20 @@ from __future__ import annotations
 import ipaddress
 import random
 from collections import Counter
+from collections.abc import Callable
 
 import dns.edns
 import dns.flags
 import dns.message
 
-from dnsreg.core.model import Registration
+from dnsreg.core.model import Check, CheckStatus, Health, Instance, Registration
 from dnsreg.core.names import parse_name
 from dnsreg.core.registry import Registry
 from dnsreg.dns.answer_cache import VARIANTS, variants_for
 from dnsreg.dns.answers import Question, Settings, answer
-from dnsreg.dns.records import SRV, A
+from dnsreg.dns.records import AAAA, SRV, A
 from dnsreg.dns.responder import Responder
-from dnsreg.dns.service_answers import MaterialCache
+from dnsreg.dns.service_answers import Material, MaterialCache
 from dnsreg.dns.zones import StaticZones
 
 ORIGIN = parse_name("service.local")
@@ -87,7 +88,7 @@ def test_lower_priority_first_and_weights_steer_the_subset() -> None:
     assert memo.builds == 1, "material built once for the revision"
 
 
-def test_material_is_rebuilt_when_and_only_when_the_service_changes() -> None:
+def test_material_moves_when_and_only_when_the_service_changes() -> None:
     registry = registry_of(100)
     registry.register(
         Registration("other", "o", ipaddress.IPv4Address("10.9.9.9"), 80, ttl=0), now=0.0
@@ -118,7 +119,7 @@ def test_material_is_rebuilt_when_and_only_when_the_service_changes() -> None:
         Registration("big", "new", ipaddress.IPv4Address("10.9.9.7"), 80, ttl=0), now=0.0
     )
     ask("big")
-    assert memo.builds == 3
+    assert (memo.builds, memo.patches) == (2, 1), "one change to it: patched, not rebuilt"
 
 
 def test_material_cache_is_bounded_in_instances() -> None:
@@ -161,3 +162,114 @@ def test_tcp_reply_says_n_of_m_and_udp_sets_tc() -> None:
     udp = dns.message.from_wire(responder.respond(q.to_wire(), tcp=False) or b"")
     assert udp.flags & dns.flags.TC
     assert 0 < len(udp.answer[0]) < n
+
+
+def _pools_of(material: Material) -> dict[int, tuple[object, ...]]:
+    """What answers draw from, order aside: by type, each priority's ids and weight total."""
+    out: dict[int, tuple[object, ...]] = {}
+    for rtype in (A, AAAA, SRV):
+        pool = material.pool(rtype)
+        groups = tuple(
+            (g.priority, sorted(i.reg.id for i in g.instances), g.total if g.instances else 0)
+            for g in pool.groups
+        )
+        out[rtype] = (groups, pool.count, pool.ttl, pool.min_rr)
+    return out
+
+
+def test_patched_material_equals_material_built_afresh() -> None:
+    """Random registrations, re-registrations, removals, health flips and maintenance
+    (staged and undone writes too): the material kept and patched across all of them
+    is, after each step, what building it from scratch gives."""
+    rng = random.Random(7)
+    registry = Registry()
+    check = Check("tcp", "127.0.0.1:1")
+    kept = MaterialCache()
+    keys: list[tuple[tuple[str, ...], Callable[[Instance], bool] | None]] = [
+        ((), None),
+        (("tag", "blue"), lambda i: "blue" in i.reg.tags),
+    ]
+
+    def material(fresh: bool, key: tuple[str, ...]) -> Material:
+        cache = MaterialCache() if fresh else kept
+        tags = key[1:]
+        member = (lambda i: all(t in i.reg.tags for t in tags)) if key else (lambda i: True)
+        candidates = (lambda: registry.tagged("big", tags)) if key else (lambda: None)
+        return cache.get(registry, "big", key, candidates, ORIGIN, member)
+
+    for step in range(600):
+        ids = list(registry.instances("big"))
+        roll = rng.random()
+        if roll < 0.45 or not ids:
+            n = rng.randrange(300)
+            address = (
+                ipaddress.IPv4Address(f"10.0.{n >> 8}.{n & 255}")
+                if n % 3
+                else ipaddress.IPv6Address(f"fd00::{n:x}")
+            )
+            registry.register(
+                Registration(
+                    "big", f"i{n}" + "x" * (n % 4), address, 80,
+                    weight=1 + n % 5, priority=n % 3 // 2, ttl=0,
+                    dns_ttl=5 + n % 7, tags=("blue",) if n % 2 else (),
+                    checks=(check,) if n % 4 == 0 else (),
+                ),
+                now=0.0,
+            )  # fmt: skip
+        elif roll < 0.65:
+            registry.deregister("big", rng.choice(ids))
+        elif roll < 0.8:
+            target = registry.get("big", rng.choice(ids))
+            assert target is not None
+            if target.checks:
+                state = rng.choice([Health.PASSING, Health.CRITICAL])
+                registry.set_check_status("big", target.reg.id, 0, CheckStatus(state=state))
+        elif roll < 0.9:
+            reason = rng.choice([None, "drain"])
+            registry.set_maintenance("big", rng.choice(ids), reason)
+        else:
+            registry.stage()  # a write whose commit failed: undone without a trace
+            change = registry.deregister("big", rng.choice(ids))
+            registry.unstage([change])
+        if step % 3 == 0:
+            continue  # several writes between two queries too
+        for key, _ in keys:
+            patched, fresh = material(False, key), material(True, key)
+            assert patched.served == fresh.served, (step, key)
+            assert _pools_of(patched) == _pools_of(fresh), (step, key)
+    assert kept.patches > 100
+    assert kept.builds <= 4, "patched, not rebuilt, all along"
+
+
+def test_dnssd_browsing_a_huge_service_is_bounded_and_follows_changes() -> None:
+    """RFC 6763 §4 PTR browsing of 20 000 instances: the first ids that fit, "N of M"
+    over TCP, and a change is patched into the kept material (no rebuild)."""
+    registry = registry_of(20_000)
+    responder = Responder(registry, StaticZones(), Settings(origin=ORIGIN), random.Random(8))
+    q = dns.message.make_query("_big._tcp.service.local", "PTR", use_edns=0)
+
+    def browse() -> list[str]:
+        responder.cache.clear()
+        reply = dns.message.from_wire(responder.respond(q.to_wire(), tcp=True) or b"")
+        assert not reply.flags & dns.flags.TC
+        texts = [o.text for o in reply.options if isinstance(o, dns.edns.EDEOption)]
+        names = [r.target.labels[0].decode() for r in reply.answer[0]]
+        assert texts == [f"{len(names)} of {registry_size()} records"]
+        return names
+
+    def registry_size() -> int:
+        return len(registry.instances("big"))
+
+    first = browse()
+    assert 1000 < len(first) < 20_000
+    assert first == sorted(f"i{n}" for n in range(20_000))[: len(first)]
+    builds = responder.materials.builds
+    registry.deregister("big", first[0])
+    registry.register(
+        Registration("big", "a0", ipaddress.IPv4Address("10.9.9.9"), 80, ttl=0), now=0.0
+    )
+    second = browse()
+    assert second[0] == "a0"
+    assert first[0] not in second
+    assert second[1:] == first[1 : len(second)]
+    assert responder.materials.builds == builds, "patched, not rebuilt"

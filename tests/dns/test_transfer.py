@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import random
 import time
 
 import dns.flags
@@ -12,7 +13,7 @@ import dns.opcode
 import dns.rdatatype
 import pytest
 
-from dnsreg.core.model import Registration
+from dnsreg.core.model import Check, CheckStatus, Health, Registration
 from dnsreg.core.registry import Registry
 from dnsreg.dns.answers import Settings
 from dnsreg.dns.notify import Notifier, Secondary
@@ -147,3 +148,51 @@ async def test_notify_is_coalesced_retried_and_acknowledged() -> None:
     finally:
         await notifier.close()
         transport.close()
+
+
+def test_journal_diffs_are_the_difference_of_two_full_snapshots() -> None:
+    """Random writes to a few services (tags, protocols, TTLs, health, maintenance,
+    removals; told to :meth:`Journal.touch` or not): after each, the kept journal's
+    zone is a freshly built one's, and its IXFR entry is exactly what went and came."""
+    rng = random.Random(11)
+    r = Registry()
+    check = Check("tcp", "127.0.0.1:1")
+    j = Journal(r, Settings(origin=ORIGIN), StaticZones())
+    before = set(j.records())
+    for step in range(150):
+        service = rng.choice(["web", "db", "api"])
+        ids = list(r.instances(service))
+        roll = rng.random()
+        if roll < 0.5 or not ids:
+            n = rng.randrange(8)
+            change = r.register(
+                reg(
+                    service, f"i{n}", f"10.0.0.{n + 1}" if n % 3 else f"fd00::{n + 1}",
+                    tags=tuple(rng.sample(["x", "y", "z"], rng.randrange(3))),
+                    proto=rng.choice(["tcp", "udp"]), dns_ttl=rng.choice([5, 30]),
+                    checks=(check,) if n == 0 else (),
+                ),
+                0.0,
+            )  # fmt: skip
+        elif roll < 0.7:
+            change = r.deregister(service, rng.choice(ids))
+        elif roll < 0.85:
+            target = rng.choice(ids)
+            change = r.set_maintenance(service, target, rng.choice([None, "deploy"]))
+        else:
+            target = rng.choice(ids)
+            if not r.require(service, target).checks:
+                continue
+            state = rng.choice([Health.PASSING, Health.CRITICAL])
+            change = r.set_check_status(service, target, 0, CheckStatus(state=state))
+        if change is None:
+            continue
+        if rng.random() < 0.5:
+            j.touch(change.service, change.id)
+        j.observe()
+        now = set(j.records())
+        assert now == set(Journal(r, Settings(origin=ORIGIN), StaticZones()).records()), step
+        diff = j.diffs[-1]
+        assert diff.to_revision == r.revision
+        assert (set(diff.deleted), set(diff.added)) == (before - now, now - before), step
+        before = now
