@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import logging
 import socket
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import cast
 
 from dnsreg.dns import udp_batch as mmsg
@@ -22,6 +22,9 @@ log = logging.getLogger("dnsreg.dns")
 Handler = Callable[..., bytes | None]  # (data, *, tcp) -> reply or None
 # TCP: (data, peer address) -> one reply, several (a zone transfer), or None
 StreamHandler = Callable[[bytes, str], bytes | list[bytes] | None]
+# (protocol factory, host, port) -> a listening server; the composition root may hand in
+# one that accepts in Python (failed accepts counted and logged); else the loop's own.
+Listen = Callable[[Callable[[], asyncio.Protocol], str, int], Awaitable[asyncio.AbstractServer]]
 
 UDP_DRAIN = 64  # datagrams per wake-up before yielding to other work
 MAX_DATAGRAM = 65535
@@ -227,13 +230,15 @@ class TcpListener:
         max_connections: int,
         max_per_client: int = 16,
         stream_handler: StreamHandler | None = None,
+        listen: Listen | None = None,
     ) -> None:
         self.handler = handler
         self.stream_handler = stream_handler
+        self.listen = listen
         self.idle_timeout = idle_timeout
         self.max_connections = max_connections
         self.max_per_client = max_per_client
-        self.server: asyncio.Server | None = None
+        self.server: asyncio.AbstractServer | None = None
         # Least recently active first (a dict keeps insertion order; activity re-inserts).
         self.connections: dict[_TcpConnection, None] = {}
         self.per_client: dict[str, int] = {}
@@ -282,11 +287,16 @@ class TcpListener:
                 self.per_client.pop(conn.client, None)
 
     async def start(self, host: str, port: int) -> int:
-        loop = asyncio.get_running_loop()
-        self.server = await loop.create_server(
-            lambda: _TcpConnection(self), host, port, family=_family(host), reuse_address=True
-        )
-        return int(self.server.sockets[0].getsockname()[1])
+        if self.listen is not None:
+            server = await self.listen(lambda: _TcpConnection(self), host, port)
+        else:
+            loop = asyncio.get_running_loop()
+            server = await loop.create_server(
+                lambda: _TcpConnection(self), host, port, family=_family(host), reuse_address=True
+            )
+        self.server = server
+        sockets: list[socket.socket] = getattr(server, "sockets", [])
+        return int(sockets[0].getsockname()[1])
 
     def drained(self) -> None:
         if self.closing and not self.connections and self._all_closed is not None:
@@ -323,6 +333,7 @@ class DnsServer:
         max_per_client: int = 16,
         limiter: RateLimiter | None = None,
         stream_handler: StreamHandler | None = None,
+        listen: Listen | None = None,
     ) -> None:
         self.udp = UdpListener(handler, limiter)
         self.tcp = TcpListener(
@@ -331,6 +342,7 @@ class DnsServer:
             max_connections=max_connections,
             max_per_client=max_per_client,
             stream_handler=stream_handler,
+            listen=listen,
         )
         self.port = 0
 
