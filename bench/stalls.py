@@ -165,8 +165,11 @@ class Stalls:
     def _register(self, service: str, n: int, ttl: float, base: int = 0) -> list[httpload.Request]:
         return [
             httpload.register_request(
-                service, f"i{i}", f"10.{(base + i) >> 16 & 255}.{(base + i) >> 8 & 255}."
-                f"{(base + i) & 255}", 8000 + i % 1000, ttl,
+                service,
+                f"i{i}",
+                f"10.{(base + i) >> 16 & 255}.{(base + i) >> 8 & 255}.{(base + i) & 255}",
+                8000 + i % 1000,
+                ttl,
             )  # fmt: skip
             for i in range(n)
         ]
