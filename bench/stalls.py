@@ -48,6 +48,10 @@ BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 PROBE_EVERY = 0.002
 
 
+def _address(n: int) -> str:
+    return f"10.{n >> 16 & 255}.{n >> 8 & 255}.{n & 255}"
+
+
 # ----------------------------------------------------------------------------- probe
 def _probe(port: int, path: str, stop: multiprocessing.synchronize.Event) -> None:
     """UDP queries for probe.<zone> every 2 ms; (sent at, round trip) pairs to ``path``."""
@@ -82,15 +86,30 @@ def _probe_samples(path: Path) -> list[tuple[float, float]]:
 class Lag:
     worst: float
     buckets: list[float]  # cumulative counts, BUCKETS then +Inf
+    full_gcs: float  # generation-2 collections so far
+    full_gc_seconds: float
+    gc_worst: float
+
+
+def _value(text: str, series: str) -> float:
+    found = re.search(rf"^{re.escape(series)} (\S+)$", text, re.M)
+    if found is None:
+        raise RuntimeError(f"/metrics has no {series}")
+    return float(found[1])
 
 
 def _parse_lag(text: str) -> Lag:
-    worst = float(re.search(r"^dnsreg_event_loop_lag_max_seconds (\S+)$", text, re.M)[1])  # type: ignore[index]
-    buckets = []
-    for bound in (*map(str, BUCKETS), "+Inf"):
-        pattern = rf'^dnsreg_event_loop_lag_seconds_bucket{{le="{re.escape(bound)}"}} (\S+)$'
-        buckets.append(float(re.search(pattern, text, re.M)[1]))  # type: ignore[index]
-    return Lag(worst, buckets)
+    buckets = [
+        _value(text, f'dnsreg_event_loop_lag_seconds_bucket{{le="{bound}"}}')
+        for bound in (*map(str, BUCKETS), "+Inf")
+    ]
+    return Lag(
+        _value(text, "dnsreg_event_loop_lag_max_seconds"),
+        buckets,
+        _value(text, 'dnsreg_gc_pause_seconds_count{generation="2"}'),
+        _value(text, 'dnsreg_gc_pause_seconds_sum{generation="2"}'),
+        _value(text, "dnsreg_gc_pause_max_seconds"),
+    )
 
 
 def _metric_stall(before: Lag, after: Lag) -> tuple[float, bool, int]:
@@ -112,6 +131,8 @@ class Row:
     exact: bool
     over: int
     probe: float
+    full_gcs: int = 0
+    full_gc_ms: float = 0.0
     note: str = ""
 
     @property
@@ -151,10 +172,18 @@ class Stalls:
         after = _parse_lag(await self.scrape())
         metric, exact, over = _metric_stall(before, after)
         probes = [rtt for sent, rtt in _probe_samples(self.probe_path) if started <= sent <= ended]
-        row = Row(name, ended - started, metric, exact, over, max(probes, default=0.0), note)
+        row = Row(
+            name, ended - started, metric, exact, over, max(probes, default=0.0),
+            int(after.full_gcs - before.full_gcs),
+            (after.full_gc_seconds - before.full_gc_seconds) * 1e3, note,
+        )  # fmt: skip
         self.rows.append(row)
-        print(f"  {name}: {row.seconds:.2f}s, loop {metric * 1e3:.1f} ms, probe "
-              f"{row.probe * 1e3:.1f} ms {note}", file=sys.stderr, flush=True)  # fmt: skip
+        print(
+            f"  {name}: {row.seconds:.2f}s, loop {metric * 1e3:.1f} ms, probe "
+            f"{row.probe * 1e3:.1f} ms, full GCs {row.full_gcs} ({row.full_gc_ms:.0f} ms), "
+            f"GC worst so far {after.gc_worst * 1e3:.1f} ms; {note}",
+            file=sys.stderr, flush=True,
+        )  # fmt: skip
 
     async def load(self, requests: list[httpload.Request], connections: int = 32) -> str:
         result = await httpload.run(self.server.http_port, requests, connections)
@@ -164,13 +193,7 @@ class Stalls:
 
     def _register(self, service: str, n: int, ttl: float, base: int = 0) -> list[httpload.Request]:
         return [
-            httpload.register_request(
-                service,
-                f"i{i}",
-                f"10.{(base + i) >> 16 & 255}.{(base + i) >> 8 & 255}.{(base + i) & 255}",
-                8000 + i % 1000,
-                ttl,
-            )  # fmt: skip
+            httpload.register_request(service, f"i{i}", _address(base + i), 8000 + i % 1000, ttl)
             for i in range(n)
         ]
 
@@ -340,14 +363,15 @@ class Stalls:
             f"Loop stalls at {self.n:,} instances (limit {LIMIT * 1e3:.0f} ms)",
             "",
             "| operation | took | worst loop lag (metric) | lag samples > 20 ms "
-            "| worst UDP probe RTT | pass | note |",
-            "| --- | ---: | ---: | ---: | ---: | --- | --- |",
+            "| worst UDP probe RTT | full GCs (ms) | pass | note |",
+            "| --- | ---: | ---: | ---: | ---: | ---: | --- | --- |",
         ]
         for r in self.rows:
             metric = f"{r.metric * 1e3:.1f} ms" if r.exact else f"≤ {r.metric * 1e3:.1f} ms"
             lines.append(
                 f"| {r.name} | {r.seconds:.2f} s | {metric} | {r.over} | {r.probe * 1e3:.1f} ms "
-                f"| {'pass' if r.passed else 'FAIL'} | {r.note} |"
+                f"| {r.full_gcs} ({r.full_gc_ms:.0f}) | {'pass' if r.passed else 'FAIL'} "
+                f"| {r.note} |"
             )
         return "\n".join(lines)
 
