@@ -5,10 +5,10 @@ A full (generation 2) collection walks every object the process holds: with
 which no DNS query is answered. The registry's objects live as long as the
 process (instances are immutable values; refcounting frees the replaced ones,
 no cycle needs the collector), so they are moved out of the collector's reach
-with :func:`gc.freeze` after the start-up load, after a burst of changes, and
-whenever a full collection still took longer than ``refreeze_over`` (whatever
-piled up since the last freeze). A frozen full collection walks only what is
-young: microseconds.
+with :func:`gc.freeze` after the start-up load, after (and during) a burst of
+changes (at most once per ``check_every``), and whenever a full collection
+still took longer than ``refreeze_over`` (whatever piled up since the last
+freeze). A frozen full collection walks only what is young: microseconds.
 
 Every collection's pause is measured through :data:`gc.callbacks` and
 exported: ``dnsreg_gc_pause_seconds{generation}`` (a histogram),
@@ -39,7 +39,7 @@ log = logging.getLogger("dnsreg")
 BUCKETS = (0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25)
 REFREEZE_OVER = 0.005  # seconds: a full collection slower than this triggers a freeze
 BULK_CHANGES = 1_000  # registry changes since the last freeze that make a burst
-CHECK_EVERY = 1.0  # seconds between two looks at whether to freeze
+CHECK_EVERY = 0.5  # seconds between two looks at whether to freeze
 
 
 class GcTuning:
@@ -83,7 +83,12 @@ class GcTuning:
 
     # -------------------------------------------------------------- freezing
     def freeze(self, why: str) -> None:
-        """Move every object alive now out of the collector's reach."""
+        """Move every object alive now out of the collector's reach.
+
+        The young generations are collected first (they are small: well under a
+        millisecond), so short-lived cycles are freed rather than frozen for good.
+        """
+        gc.collect(1)
         gc.freeze()
         self.freezes += 1
         self.changes = 0
@@ -102,9 +107,10 @@ class GcTuning:
         self._timer = loop.call_later(self.check_every, self._check)
         if self._slow_full:
             self.freeze("a full collection took over %g ms" % (self.refreeze_over * 1e3))
-        elif self.changes >= self.bulk_changes and self.changes == self._quiet_changes:
-            # A burst that has ended (no change in the last interval): what it
-            # made lives on, freeze it before the next full collection walks it.
+        elif self.changes >= self.bulk_changes:
+            # A burst (ended or going on): what it made lives on, freeze it before the
+            # next full collection walks it; during a long burst each full collection
+            # then walks at most one interval's worth of new objects.
             self.freeze(f"{self.changes} changes")
         self._quiet_changes = self.changes
 

@@ -47,7 +47,7 @@ async def test_a_slow_full_collection_freezes_what_lives_and_the_next_one_is_fas
     assert tuning._callback not in gc.callbacks
 
 
-async def test_a_burst_of_changes_is_frozen_once_it_is_over(unfrozen: None) -> None:
+async def test_a_burst_of_changes_is_frozen(unfrozen: None) -> None:
     tuning = GcTuning(check_every=0.01, bulk_changes=100)
     tuning.start()
     try:
