@@ -8,7 +8,14 @@ no cycle needs the collector), so they are moved out of the collector's reach
 with :func:`gc.freeze` after the start-up load, after (and during) a burst of
 changes (at most once per ``check_every``), and whenever a full collection
 still took longer than ``refreeze_over`` (whatever piled up since the last
-freeze). A frozen full collection walks only what is young: microseconds.
+freeze) while the registry changed. A frozen full collection walks only what
+is young: microseconds.
+
+The price: a cycle frozen while alive is never collected once it is garbage.
+Registry objects are not cycles; what else is alive at a freeze (a request in
+flight) is small, and the young generations are collected just before. A slow
+collection while the registry stood still (a crowd of connections) freezes
+nothing, for that reason. ``dnsreg_gc_frozen_objects`` shows the total.
 
 Every collection's pause is measured through :data:`gc.callbacks` and
 exported: ``dnsreg_gc_pause_seconds{generation}`` (a histogram),
@@ -40,6 +47,7 @@ BUCKETS = (0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25)
 REFREEZE_OVER = 0.005  # seconds: a full collection slower than this triggers a freeze
 BULK_CHANGES = 1_000  # registry changes since the last freeze that make a burst
 CHECK_EVERY = 0.5  # seconds between two looks at whether to freeze
+SLOW_AND_CHANGED = 100  # changes since the last freeze that make a slow collection ours
 
 
 class GcTuning:
@@ -106,13 +114,17 @@ class GcTuning:
     def _check(self) -> None:
         loop = asyncio.get_running_loop()
         self._timer = loop.call_later(self.check_every, self._check)
-        if self._slow_full:
+        if self._slow_full and self.changes >= SLOW_AND_CHANGED:
             self.freeze("a full collection took over %g ms" % (self.refreeze_over * 1e3))
         elif self.changes >= self.bulk_changes:
             # A burst (ended or going on): what it made lives on, freeze it before the
             # next full collection walks it; during a long burst each full collection
             # then walks at most one interval's worth of new objects.
             self.freeze(f"{self.changes} changes")
+        # A slow collection with the registry (nearly) unchanged is a crowd of
+        # connections or requests: transient, and cycles frozen now could never be
+        # collected once they close. Those collections are left to the collector.
+        self._slow_full = False
         self._quiet_changes = self.changes
 
     # ------------------------------------------------------------- measuring

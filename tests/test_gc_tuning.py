@@ -34,6 +34,15 @@ async def test_a_slow_full_collection_freezes_what_lives_and_the_next_one_is_fas
     try:
         # 300 000 long-lived containers: what 100 000 registered instances amount to.
         alive = [[n] for n in range(300_000)]
+        # The registry standing still: a slow collection is someone else's objects.
+        slow = _full_collection(tuning)
+        assert slow > tuning.refreeze_over, slow
+        tuning._quiet_changes = -1
+        await async_wait_until(lambda: tuning._quiet_changes == 0)
+        assert tuning.freezes == 0
+        # After changes (fewer than a burst), the next slow collection freezes.
+        for _ in range(200):
+            tuning.changed()
         slow = _full_collection(tuning)
         assert slow > tuning.refreeze_over, slow
         await async_wait_until(lambda: tuning.freezes == 1)
