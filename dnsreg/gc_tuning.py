@@ -8,14 +8,15 @@ no cycle needs the collector), so they are moved out of the collector's reach
 with :func:`gc.freeze` after the start-up load, after (and during) a burst of
 changes (at most once per ``check_every``), and whenever a full collection
 still took longer than ``refreeze_over`` (whatever piled up since the last
-freeze) while the registry changed. A frozen full collection walks only what
+freeze) while the registry changed, or twice in a row. A frozen full collection walks only what
 is young: microseconds.
 
 The price: a cycle frozen while alive is never collected once it is garbage.
 Registry objects are not cycles; what else is alive at a freeze (a request in
 flight) is small, and the young generations are collected just before. A slow
 collection while the registry stood still (a crowd of connections) freezes
-nothing, for that reason. ``dnsreg_gc_frozen_objects`` shows the total.
+nothing, for that reason, unless the next one is slow too.
+``dnsreg_gc_frozen_objects`` shows the total.
 
 Every collection's pause is measured through :data:`gc.callbacks` and
 exported: ``dnsreg_gc_pause_seconds{generation}`` (a histogram),
@@ -70,7 +71,8 @@ class GcTuning:
         self.frozen = 0
         self.changes = 0  # since the last freeze
         self._quiet_changes = -1  # the change count at the previous look
-        self._slow_full = False
+        self._slow_full = False  # a slow full collection since the last look
+        self._slow_streak = 0  # slow full collections in a row, none frozen in between
         self._started: float | None = None
         self._timer: asyncio.TimerHandle | None = None
 
@@ -105,6 +107,7 @@ class GcTuning:
         self.freezes += 1
         self.changes = 0
         self._slow_full = False
+        self._slow_streak = 0
         log.debug("gc: froze %d objects (%s)", self.frozen, why)
 
     def changed(self, *_: Any) -> None:
@@ -114,16 +117,18 @@ class GcTuning:
     def _check(self) -> None:
         loop = asyncio.get_running_loop()
         self._timer = loop.call_later(self.check_every, self._check)
-        if self._slow_full and self.changes >= SLOW_AND_CHANGED:
+        if self._slow_full and (self.changes >= SLOW_AND_CHANGED or self._slow_streak >= 2):
             self.freeze("a full collection took over %g ms" % (self.refreeze_over * 1e3))
         elif self.changes >= self.bulk_changes:
             # A burst (ended or going on): what it made lives on, freeze it before the
             # next full collection walks it; during a long burst each full collection
             # then walks at most one interval's worth of new objects.
             self.freeze(f"{self.changes} changes")
-        # A slow collection with the registry (nearly) unchanged is a crowd of
+        # A slow collection with the registry (nearly) unchanged may be a crowd of
         # connections or requests: transient, and cycles frozen now could never be
-        # collected once they close. Those collections are left to the collector.
+        # collected once they close. It is left to the collector, unless the next
+        # full collection is slow too (what it walks stayed: answer material built
+        # by queries, a crowd that lives on).
         self._slow_full = False
         self._quiet_changes = self.changes
 
@@ -143,8 +148,10 @@ class GcTuning:
         self.counts[generation][bisect.bisect_left(BUCKETS, pause)] += 1
         self.sums[generation] += pause
         self.worst = max(self.worst, pause)
-        if generation == 2 and pause > self.refreeze_over:
-            self._slow_full = True
+        if generation == 2:
+            slow = pause > self.refreeze_over
+            self._slow_full = self._slow_full or slow
+            self._slow_streak = self._slow_streak + 1 if slow else 0
 
 
 class GcCollector(Collector):

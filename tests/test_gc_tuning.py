@@ -14,9 +14,14 @@ from tests.helpers import Running, async_wait_until
 
 @pytest.fixture
 def unfrozen() -> Iterator[None]:
-    """What a test freezes is handed back to the collector afterwards."""
-    yield
-    gc.unfreeze()
+    """Only the test's own collections run (none triggered by its allocations), and
+    what it freezes is handed back to the collector afterwards."""
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+        gc.unfreeze()
 
 
 def _full_collection(tuning: GcTuning) -> float:
@@ -40,9 +45,7 @@ async def test_a_slow_full_collection_freezes_what_lives_and_the_next_one_is_fas
         tuning._quiet_changes = -1
         await async_wait_until(lambda: tuning._quiet_changes == 0)
         assert tuning.freezes == 0
-        # After changes (fewer than a burst), the next slow collection freezes.
-        for _ in range(200):
-            tuning.changed()
+        # Slow again, what it walks stayed: the second in a row freezes.
         slow = _full_collection(tuning)
         assert slow > tuning.refreeze_over, slow
         await async_wait_until(lambda: tuning.freezes == 1)
@@ -54,6 +57,20 @@ async def test_a_slow_full_collection_freezes_what_lives_and_the_next_one_is_fas
     finally:
         tuning.stop()
     assert tuning._callback not in gc.callbacks
+
+
+async def test_a_slow_full_collection_after_changes_freezes_at_once(unfrozen: None) -> None:
+    tuning = GcTuning(check_every=0.01)
+    tuning.start()
+    try:
+        alive = [[n] for n in range(300_000)]
+        for _ in range(200):  # changes, fewer than a burst
+            tuning.changed()
+        assert _full_collection(tuning) > tuning.refreeze_over
+        await async_wait_until(lambda: tuning.freezes == 1)
+        assert tuning.frozen >= len(alive)
+    finally:
+        tuning.stop()
 
 
 async def test_a_burst_of_changes_is_frozen(unfrozen: None) -> None:
