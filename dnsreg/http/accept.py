@@ -207,13 +207,17 @@ async def serve(
     backlog: int = 1024,
 ) -> Listener:
     """Listen on ``host:port`` (port 0: a free one) and serve connections with ``factory``."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # A name (localhost) is resolved as the loop's create_server would; its first
+    # address is the one listened on.
+    family, kind, proto, _, address = socket.getaddrinfo(
+        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )[0]
+    sock = socket.socket(family, kind, proto)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         if family == socket.AF_INET6:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-        sock.bind((host, port))
+        sock.bind(address)
         # A burst of connects waits in the kernel's queue rather than being reset.
         sock.listen(backlog)
         sock.setblocking(False)
