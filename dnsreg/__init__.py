@@ -1,6 +1,6 @@
 """dnsreg: DNS-based service discovery.
 
-Feature folders, a pure core and an I/O shell (README, "How it is built"):
+Feature folders, a pure core and an I/O shell (docs/architecture.md):
 ``core`` (model, names, registry, leases, revision; pure), ``dns`` (answers,
 wire codec, zones, cache; the UDP/TCP server), ``http`` (the API, events,
 metrics), ``health`` (rules, probe, checker), ``store`` (SQLite, etcd),

@@ -7,6 +7,8 @@ through :class:`Server` with port 0 and a temporary data directory.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import errno
 import functools
 import logging
 import random
@@ -14,7 +16,7 @@ import signal
 import socket
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from aiohttp import web
@@ -35,6 +37,7 @@ from dnsreg.dns.rrl import RateLimiter
 from dnsreg.dns.server import DnsServer
 from dnsreg.dns.transfer import Journal
 from dnsreg.dns.tsig import Signer
+from dnsreg.dns.updater import Updater
 from dnsreg.dns.xfr_out import Transfers, parse_networks
 from dnsreg.dns.zones import StaticZones, load_zones
 from dnsreg.gc_tuning import GcCollector, GcTuning
@@ -71,6 +74,7 @@ class Server:
         self.panic_watch: PanicWatch | None = None
         self.static = StaticZones()
         self.responder: Responder | None = None
+        self.updater: Updater | None = None
         self.dns: DnsServer | None = None
         self.loop_lag = LoopLag()
         self.gc = GcTuning()
@@ -144,6 +148,14 @@ class Server:
             self.responder.stale = self.store.stale
             self.store.subscribe_stale(self._set_stale)
             self._start_transfers(settings)
+            # DNS UPDATE (RFC 2136): TSIG-signed, written through the store like HTTP writes.
+            self.updater = Updater(
+                self.responder,
+                self.store.apply,
+                policy=cfg.admission,
+                acting=self.auth.actors.acting,
+            )
+            self.responder.defer_updates = True
             self.dns = DnsServer(
                 self.responder.respond,
                 idle_timeout=cfg.tcp_idle_timeout,
@@ -151,6 +163,7 @@ class Server:
                 stream_handler=self.responder.respond_tcp,
                 # Accepting in Python: a failed accept is counted and logged (http.accept).
                 listen=functools.partial(serve, name="DNS", failures=self.accept_failures),
+                deferred=self.updater.handle,
                 max_per_client=cfg.tcp_max_per_client,
                 limiter=(
                     RateLimiter(cfg.rate_limit, cfg.rate_limit_slip)
@@ -158,7 +171,8 @@ class Server:
                     else None
                 ),
             )
-            self.dns_port = await self.dns.start(cfg.dns.host, cfg.dns.port)
+            with _listening("DNS", "--dns", cfg.dns.host, cfg.dns.port):
+                self.dns_port = await self.dns.start(cfg.dns.host, cfg.dns.port)
             # 4. HTTP.
             metrics = Metrics(self.registry, lambda: self.store)
             self.store.commit_observer = metrics.store_commit.observe
@@ -231,7 +245,8 @@ class Server:
                 self.http_runner, cfg.http.host, cfg.http.port, self.http_limiter,
                 failures=self.accept_failures, ssl_context=tls,
             )  # fmt: skip
-            await site.start()
+            with _listening("HTTP", "--http", cfg.http.host, cfg.http.port):
+                await site.start()
             self.http_port = int(self.http_runner.addresses[0][1])
         except BaseException:
             await self.stop()
@@ -435,3 +450,22 @@ def _version() -> str:
     from dnsreg import __version__
 
     return __version__
+
+
+@contextlib.contextmanager
+def _listening(what: str, flag: str, host: str, port: int) -> Iterator[None]:
+    """A listener that cannot bind says which one, and what to do about it."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            reason = f"{host}:{port} is already in use (another server there? choose {flag})"
+        elif exc.errno == errno.EACCES:
+            reason = (
+                f"{host}:{port}: permission denied (ports below 1024 need CAP_NET_BIND_SERVICE)"
+            )
+        elif exc.errno == errno.EADDRNOTAVAIL:
+            reason = f"{host} is not an address of this machine (check {flag})"
+        else:
+            reason = f"{host}:{port}: {exc.strerror or exc}"
+        raise ConfigError(f"cannot listen for {what}: {reason}") from exc

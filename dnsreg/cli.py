@@ -47,7 +47,7 @@ def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         help="health checks in flight at once (256)",
     )  # fmt: skip
     p.add_argument(
-        "--max-answers", dest="max_answers", type=int, metavar="N", help="cap A/AAAA answers"
+        "--max-answers", dest="max_answers", type=int, metavar="N", help="cap A/AAAA/SRV answers"
     )
     p.add_argument(
         "--stale-after", dest="stale_after", metavar="DURATION",
@@ -69,7 +69,9 @@ def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 
 
 def _tls_flags(p: argparse.ArgumentParser) -> None:
-    """TLS for the API and towards etcd (README "TLS"); each also DNSREG_<NAME> or a key."""
+    """TLS for the API and towards etcd (docs/security.md, "TLS").
+
+    Each flag is also DNSREG_<NAME> or a key."""
     for flag, metavar, help_text in (
         ("--tls-cert", "FILE", "serve the API over HTTPS with this certificate (PEM)"),
         ("--tls-key", "FILE", "the private key of --tls-cert (PEM)"),

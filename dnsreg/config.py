@@ -63,7 +63,7 @@ class Config:
     stale_after: float = 10.0  # etcd store: mark answers stale after this long without contact
     events_buffer: int = 10_000  # changes remembered for /v1/events?since= resumption
     events_keepalive: float = 15.0  # seconds between comment lines on an idle event stream
-    # HTTP limits (README "Limits"): seconds for the request headers, for the body,
+    # HTTP limits (docs/operations.md, "Limits"): seconds for the request headers, for the body,
     # and between requests on a kept-alive connection; open connections at most
     # (also capped by the open-files limit less fd_reserve and tcp_max_connections).
     http_header_timeout: float = 10.0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -188,6 +189,31 @@ def test_watch_prints_changes_as_they_happen(server: Process) -> None:
         assert proc.returncode == 0
 
 
+def test_watch_into_a_closed_pipe_ends_quietly(server: Process) -> None:
+    # `dnsreg watch | head -1`: once the reader is gone the watcher ends, without a traceback.
+    wait_until(lambda: _streams(server) == 0, 15)  # earlier tests' watchers are gone
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dnsreg", "watch", "pipe"],
+        env=env_for(server), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        wait_until(lambda: _streams(server) >= 1, 15)
+        dnsreg(server, "register", "pipe", "--port", "80", "--id", "p1", "--address", "10.0.0.3")
+        assert proc.stdout is not None
+        assert "registered pipe/p1" in proc.stdout.readline()
+        proc.stdout.close()  # as `head -1` exits
+        for n in range(2, 6):  # the next lines hit the closed pipe
+            dnsreg(server, "register", "pipe", "--port", "80", "--id", f"p{n}", "--address",
+                   "10.0.0.3")  # fmt: skip
+        _, err = proc.communicate(timeout=15)
+        assert proc.returncode == 141, err
+        assert "Traceback" not in err, err
+        assert "BrokenPipe" not in err, err
+    finally:
+        proc.kill()
+        proc.wait()
+
+
 def _streams(server: Process) -> int:
     """Event streams the server has open right now (from /v1/status)."""
     return int(api(server, "/v1/status")["events"]["streams"])
@@ -207,3 +233,22 @@ def test_module_entry_point_is_the_installed_one(tmp_path: Path) -> None:
     )
     assert result.returncode == 0
     assert "PREFIX" in result.stdout or "prefix" in result.stdout
+
+
+@pytest.mark.parametrize("which", ["dns", "http"])
+def test_serve_on_a_taken_port_names_the_listener_and_exits_2(tmp_path: Path, which: str) -> None:
+    with socket.socket() as taken:  # TCP: both listeners need it
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        ports = {"dns": "127.0.0.1:0", "http": "127.0.0.1:0", which: f"127.0.0.1:{port}"}
+        result = subprocess.run(
+            [sys.executable, "-m", "dnsreg", "serve", "--data-dir", str(tmp_path / "data"),
+             "--zones", str(tmp_path), "--dns", ports["dns"], "--http", ports["http"]],
+            capture_output=True, text=True, timeout=30,
+        )  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    what = which.upper()
+    assert f"cannot listen for {what}: 127.0.0.1:{port} is already in use" in result.stderr
+    assert f"--{which}" in result.stderr
+    assert "Traceback" not in result.stderr

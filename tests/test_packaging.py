@@ -90,19 +90,3 @@ def test_wheel_builds_installs_and_runs(tmp_path: Path) -> None:
     )  # fmt: skip
     assert out.stdout.splitlines()[0].startswith(str(target)), out.stdout
     assert "dnsreg 0.1.0" in out.stdout + out.stderr
-
-
-@pytest.mark.skipif(
-    shutil.which("systemd-analyze") is None,
-    reason="systemd-analyze not installed (Debian package systemd)",
-)
-def test_the_readme_token_drop_in_verifies_clean(tmp_path: Path) -> None:
-    readme = (ROOT / "README.md").read_text()
-    start = readme.index("```ini\n[Service]\nLoadCredential=")
-    drop_in = readme[start + len("```ini\n") : readme.index("```", start + 6)]
-    drop_in = drop_in.replace("/usr/local/bin/dnsreg", str(Path(sys.executable).parent / "dnsreg"))
-    (tmp_path / "dnsreg.service.d").mkdir()
-    (tmp_path / "dnsreg.service.d" / "tokens.conf").write_text(drop_in)
-    result = verify_unit(tmp_path, "dnsreg.service", "dnsreg.service")
-    assert result.returncode == 0, result.stderr
-    assert result.stderr.strip() == "", result.stderr

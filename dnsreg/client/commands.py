@@ -53,7 +53,7 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         help=f"the server's HTTP API, a URL or host:port (http://, https:// with --ca or "
         f"--cert; env DNSREG_API, default {DEFAULT_API})",
     )
-    # HTTPS and tokens (README "TLS"): each flag also from the environment.
+    # HTTPS and tokens (docs/security.md, "TLS"): each flag also from the environment.
     api.add_argument(
         "--ca",
         default=os.environ.get("DNSREG_CA"),
@@ -148,7 +148,7 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     )
 
     p = sub.add_parser(
-        "backup", parents=[api], help="copy a server's SQLite store into FILE (README: Backups)"
+        "backup", parents=[api], help="copy a server's SQLite store into FILE (docs/operations.md)"
     )
     p.add_argument("file", type=Path, metavar="FILE", help="the new file to write")
     p.add_argument(
@@ -225,6 +225,13 @@ def run_command(args: argparse.Namespace) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # `dnsreg watch | head -2`: the reader has gone, which ends the command
+        # quietly as it ends `cat` (exit 141 = 128 + SIGPIPE). Python would print a
+        # second error flushing stdout at exit, so stdout points at /dev/null now.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141
 
 
 _client = client_for

@@ -84,3 +84,21 @@ class DataDirLocked(DnsregError):
 
 class RequestTimeout(DnsregError):
     """The client did not send its request body in time."""
+
+
+class PrerequisiteFailed(DnsregError):
+    """A DNS UPDATE prerequisite (RFC 2136 §3.2) does not hold.
+
+    ``detail`` is the name of the rcode the RFC prescribes for it: ``YXDOMAIN``,
+    ``NXDOMAIN``, ``YXRRSET`` or ``NXRRSET``.
+    """
+
+
+class NotInZone(DnsregError):
+    """A DNS UPDATE names a zone this server is not authoritative for (``detail``
+    ``NOTAUTH``, RFC 2136 §3.1.1) or a record outside its zone (``NOTZONE``, §3.2.5)."""
+
+
+class Refused(DnsregError):
+    """A DNS request the server will not carry out: an update of a name that is no
+    instance's, or one whose data admission refuses (RFC 2136 §3.3: REFUSED)."""

@@ -87,6 +87,18 @@ class Check:
 
 
 @dataclass(frozen=True, slots=True)
+class Deregistration:
+    """A request to remove one instance, as a step of a batch (a DNS UPDATE)."""
+
+    service: str
+    id: str
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.service, self.id)
+
+
+@dataclass(frozen=True, slots=True)
 class Registration:
     """What a client asked for: the identity and the DNS-facing data of an instance."""
 
@@ -265,3 +277,7 @@ class Instance:
             }
         )
         return out
+
+
+#: One step of an all-or-nothing batch of writes (``Store.apply``).
+Write = Registration | Deregistration

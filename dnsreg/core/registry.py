@@ -16,8 +16,8 @@ import heapq
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
-from dnsreg.core.errors import Conflict, NotFound
-from dnsreg.core.model import CheckStatus, Instance, Registration
+from dnsreg.core.errors import Conflict, DnsregError, NotFound
+from dnsreg.core.model import CheckStatus, Instance, Registration, Write
 
 RESERVED_SERVICES = frozenset({"ns"})  # ns.<zone> is the server's own name
 
@@ -268,6 +268,36 @@ class Registry:
     def deregister(self, service: str, instance_id: str) -> Change:
         return self._remove(service, instance_id, ChangeKind.DEREGISTERED)
 
+    def apply_all(self, writes: Iterable[Write], now: float) -> list[Change]:
+        """Register and deregister several instances, all or none (one DNS UPDATE).
+
+        Each change still takes its own revision (the revision counts changes);
+        if one write is refused (a Conflict, a NotFound) the ones before it are
+        taken back here, revisions included, and the error propagates.
+        """
+        writes = list(writes)
+        revision = self.revision
+        saved = {w.service: self._service_revision.get(w.service, 0) for w in writes}
+        journal = len(self._journal)
+        done: list[Change] = []
+        try:
+            for w in writes:
+                if isinstance(w, Registration):
+                    done.append(self.register(w, now))
+                else:
+                    done.append(self.deregister(w.service, w.id))
+        except DnsregError:
+            self._undo(done)
+            for service, previous in saved.items():
+                if previous:
+                    self._service_revision[service] = previous
+                else:
+                    self._service_revision.pop(service, None)
+            del self._journal[journal:]
+            self.revision = revision
+            raise
+        return done
+
     def expire_due(
         self, now: float, *, held: bool = False, limit: int | None = None
     ) -> list[Change]:
@@ -395,14 +425,7 @@ class Registry:
 
     def unstage(self, changes: Iterable[Change]) -> None:
         """Undo the changes made since :meth:`stage`, invisibly (no revision, no change)."""
-        for change in reversed(list(changes)):
-            current = self.get(change.service, change.id)
-            if current is not None:
-                self._drop(current)
-            if change.before is not None:
-                # Tracked again: an expiry popped the lease's heap entry (a
-                # duplicate entry is harmless, the heap is lazy).
-                self._put(change.before)
+        self._undo(changes)
         for service, revision in reversed(self._journal):
             if revision:
                 self._service_revision[service] = revision
@@ -439,6 +462,17 @@ class Registry:
         )
 
     # -------------------------------------------------------------- internals
+    def _undo(self, changes: Iterable[Change]) -> None:
+        """Put back what ``changes`` replaced (the data only; revisions are the caller's)."""
+        for change in reversed(list(changes)):
+            current = self.get(change.service, change.id)
+            if current is not None:
+                self._drop(current)
+            if change.before is not None:
+                # Tracked again: an expiry popped the lease's heap entry (a
+                # duplicate entry is harmless, the heap is lazy).
+                self._put(change.before)
+
     def _drop(self, instance: Instance) -> None:
         self._unindex(instance)
         instances = self._services[instance.reg.service]

@@ -22,7 +22,15 @@ from dnsreg.dns.answers import Question, Reply, Scope, Settings, answer
 from dnsreg.dns.records import AXFR, IXFR
 from dnsreg.dns.service_answers import MaterialCache
 from dnsreg.dns.tsig import Signer
-from dnsreg.dns.wire import Malformed, Query, Rcode, decode_query, encode_reply, size_limit
+from dnsreg.dns.wire import (
+    Malformed,
+    Query,
+    Rcode,
+    decode_query,
+    encode_reply,
+    is_update,
+    size_limit,
+)
 from dnsreg.dns.zones import StaticZones
 
 if TYPE_CHECKING:
@@ -65,6 +73,9 @@ class Responder:
         self.transfers: Transfers | None = None
         # TSIG keys (config [[tsig_keys]]); none: every signed query gets BADKEY.
         self.signer = Signer(())
+        # Set when the listeners hand UPDATE messages to dns/updater: such a message
+        # is then answered with nothing here (the updater replies), not NOTIMP.
+        self.defer_updates = False
 
     @property
     def static(self) -> StaticZones:
@@ -114,6 +125,8 @@ class Responder:
         try:
             query = decode_query(data)
         except Malformed as bad:
+            if self.defer_updates and is_update(data):
+                return None  # the listener hands it to the updater (RFC 2136)
             self.malformed += 1
             if bad.reply is None:
                 self.dropped += 1

@@ -11,11 +11,13 @@ import asyncio
 import contextlib
 import logging
 import socket
+import sys
 from collections.abc import Awaitable, Callable
 from typing import cast
 
 from dnsreg.dns import udp_batch as mmsg
 from dnsreg.dns.rrl import RateLimiter, Verdict, network_of_host, slip_reply
+from dnsreg.dns.wire import is_update
 
 log = logging.getLogger("dnsreg.dns")
 
@@ -25,8 +27,14 @@ StreamHandler = Callable[[bytes, str], bytes | list[bytes] | None]
 # (protocol factory, host, port) -> a listening server; the composition root may hand in
 # one that accepts in Python (failed accepts counted and logged); else the loop's own.
 Listen = Callable[[Callable[[], asyncio.Protocol], str, int], Awaitable[asyncio.AbstractServer]]
+# A message the handler answered with None that needs async work (a DNS UPDATE):
+# (data, client address) -> the reply, once the store has the change.
+Deferred = Callable[[bytes, str], Awaitable[bytes | None]]
 
 UDP_DRAIN = 64  # datagrams per wake-up before yielding to other work
+# UDP UPDATEs in flight at once; beyond that they are dropped (UDP may drop; clients
+# retry), so a flood of them cannot pile up tasks without bound.
+MAX_DEFERRED = 256
 MAX_DATAGRAM = 65535
 
 
@@ -35,11 +43,16 @@ def _family(host: str) -> socket.AddressFamily:
 
 
 class UdpListener:
-    def __init__(self, handler: Handler, limiter: RateLimiter | None = None) -> None:
+    def __init__(
+        self, handler: Handler, limiter: RateLimiter | None = None, deferred: Deferred | None = None
+    ) -> None:
         self.handler = handler
         self.limiter = limiter  # response rate limiting; None: off, and free
+        # UPDATE messages (the handler returned None): answered from a task, off the hot path.
+        self.deferred = deferred
         self.sock: socket.socket | None = None
         self._batch: mmsg.BatchIO | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
 
     def bind(self, host: str, port: int) -> int:
         sock = socket.socket(_family(host), socket.SOCK_DGRAM)
@@ -64,9 +77,33 @@ class UdpListener:
         assert batch is not None
         limiter = self.limiter
         now = asyncio.get_running_loop().time() if limiter is not None else 0.0
+        deferred = self._defer_raw if self.deferred is not None else None
         for _ in range(4):
-            if batch.pump(self.handler, limiter, now) < UDP_DRAIN:
+            if batch.pump(self.handler, limiter, now, deferred) < UDP_DRAIN:
                 return
+
+    def _defer_raw(self, data: bytes, sockaddr: bytes) -> None:
+        address = _sockaddr(sockaddr)
+        if address is not None:
+            self._defer(data, address)
+
+    def _defer(self, data: bytes, addr: tuple[str, int]) -> None:
+        """Answer ``data`` from a task if it is an UPDATE; anything else stays dropped."""
+        if self.deferred is None or not is_update(data) or len(self._tasks) >= MAX_DEFERRED:
+            return
+        task = asyncio.get_running_loop().create_task(self._answer_later(self.deferred, data, addr))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _answer_later(self, deferred: Deferred, data: bytes, addr: tuple[str, int]) -> None:
+        try:
+            reply = await deferred(data, addr[0])
+        except Exception:
+            log.exception("unexpected error answering a UDP update; dropped it")
+            return
+        if reply is not None and self.sock is not None:
+            with contextlib.suppress(OSError):
+                self.sock.sendto(reply, addr)
 
     def _readable(self) -> None:
         sock = self.sock
@@ -90,24 +127,42 @@ class UdpListener:
             except Exception:
                 log.exception("unexpected error answering a UDP query; dropped it")
                 continue
-            if reply is not None and limiter is not None:
+            if reply is None:
+                if self.deferred is not None:
+                    self._defer(data, addr)
+                continue
+            if limiter is not None:
                 verdict = limiter.check(network_of_host(addr[0]), now)
                 if verdict is Verdict.DROP:
                     continue
                 if verdict is Verdict.SLIP:
                     reply = slip_reply(reply)
-            if reply is not None:
-                try:  # noqa: SIM105 - a with-block per datagram costs measurable time
-                    send(reply, addr)
-                except OSError:  # full send buffer or a vanished peer: UDP may drop
-                    pass
+            try:  # noqa: SIM105 - a with-block per datagram costs measurable time
+                send(reply, addr)
+            except OSError:  # full send buffer or a vanished peer: UDP may drop
+                pass
 
     def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
         if self.sock is not None:
             with contextlib.suppress(Exception):
                 asyncio.get_running_loop().remove_reader(self.sock.fileno())
             self.sock.close()
             self.sock = None
+
+
+def _sockaddr(raw: bytes) -> tuple[str, int] | None:
+    """A ``struct sockaddr_in``/``sockaddr_in6`` as (host, port)."""
+    if len(raw) < 8:
+        return None
+    family = int.from_bytes(raw[:2], sys.byteorder)
+    port = int.from_bytes(raw[2:4], "big")
+    if family == socket.AF_INET:
+        return socket.inet_ntop(socket.AF_INET, raw[4:8]), port
+    if family == socket.AF_INET6 and len(raw) >= 24:
+        return socket.inet_ntop(socket.AF_INET6, raw[8:24]), port
+    return None
 
 
 class _TcpConnection(asyncio.Protocol):
@@ -124,6 +179,8 @@ class _TcpConnection(asyncio.Protocol):
         self.idle: asyncio.TimerHandle | None = None
         self.paused = False
         self.client = ""  # the peer's address: the per-client cap and zone-transfer ACLs
+        # An UPDATE being carried out: later messages wait in the buffer (replies stay in order).
+        self.waiting: asyncio.Task[None] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports do not subclass asyncio.Transport; they behave as one.
@@ -153,6 +210,8 @@ class _TcpConnection(asyncio.Protocol):
             return
         buf = self.buffer
         buf += data
+        if self.waiting is not None:
+            return
         handler = self.listener.handler
         stream = self.listener.stream_handler
         out: list[bytes] = []
@@ -173,6 +232,14 @@ class _TcpConnection(asyncio.Protocol):
                 log.exception("unexpected error answering a TCP query; closing the connection")
                 reply = None
             pos += 2 + length
+            if reply is None and self.listener.deferred is not None and is_update(message):
+                del buf[:pos]
+                if out:
+                    transport.write(b"".join(out))
+                self.waiting = asyncio.get_running_loop().create_task(
+                    self._answer_later(self.listener.deferred, message)
+                )
+                return
             if reply is None:
                 # Not even a header: nothing sensible can follow on this stream.
                 if out:
@@ -196,6 +263,24 @@ class _TcpConnection(asyncio.Protocol):
         if self.listener.closing and not buf:
             transport.close()
 
+    async def _answer_later(self, deferred: Deferred, message: bytes) -> None:
+        try:
+            reply = await deferred(message, self.client)
+        except Exception:
+            log.exception("unexpected error answering a TCP update")
+            reply = None
+        self.waiting = None
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        if reply is None:
+            transport.close()
+            return
+        transport.write(len(reply).to_bytes(2, "big") + reply)
+        self._arm()
+        self.listener.touched(self)
+        self.data_received(b"")  # what arrived meanwhile
+
     def pause_writing(self) -> None:
         # The client is not reading its answers: stop reading its questions.
         if self.transport is not None:
@@ -208,6 +293,8 @@ class _TcpConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         if self.idle is not None:
             self.idle.cancel()
+        if self.waiting is not None:
+            self.waiting.cancel()  # the store write, once begun, completes regardless
         self.listener.forget(self)
         self.listener.drained()
 
@@ -231,10 +318,12 @@ class TcpListener:
         max_per_client: int = 16,
         stream_handler: StreamHandler | None = None,
         listen: Listen | None = None,
+        deferred: Deferred | None = None,
     ) -> None:
         self.handler = handler
         self.stream_handler = stream_handler
         self.listen = listen
+        self.deferred = deferred
         self.idle_timeout = idle_timeout
         self.max_connections = max_connections
         self.max_per_client = max_per_client
@@ -334,8 +423,9 @@ class DnsServer:
         limiter: RateLimiter | None = None,
         stream_handler: StreamHandler | None = None,
         listen: Listen | None = None,
+        deferred: Deferred | None = None,
     ) -> None:
-        self.udp = UdpListener(handler, limiter)
+        self.udp = UdpListener(handler, limiter, deferred)
         self.tcp = TcpListener(
             handler,
             idle_timeout=idle_timeout,
@@ -343,6 +433,7 @@ class DnsServer:
             max_per_client=max_per_client,
             stream_handler=stream_handler,
             listen=listen,
+            deferred=deferred,
         )
         self.port = 0
 

@@ -56,12 +56,17 @@ class TsigKey:
         The key acts as a token would: the decision is the one authorisation
         function's (``dnsreg.core.acl.authorize``, SPEC §7).
         """
-        principal = Principal(self.name, frozenset(Right(r) for r in self.rights), self.services)
         try:
-            acl.authorize(principal, Right(right), service)
+            acl.authorize(self.principal(), Right(right), service)
         except DnsregError:
             return False
         return True
+
+    def principal(self) -> Principal:
+        """The key as a token: its name, rights and service globs (SPEC §7)."""
+        return Principal(
+            self.name.rstrip("."), frozenset(Right(r) for r in self.rights), self.services
+        )
 
     def dns_key(self) -> dns.tsig.Key:
         return dns.tsig.Key(self.name, self.secret, ALGORITHMS[self.algorithm])

@@ -123,10 +123,13 @@ class BatchIO:
         handler: Callable[..., bytes | None],
         limiter: RateLimiter | None = None,
         now: float = 0.0,
+        deferred: Callable[[bytes, bytes], None] | None = None,
     ) -> int:
         """One receive call and one send call; returns how many datagrams came in.
 
         ``limiter``: response rate limiting (``rrl``) at time ``now``; None costs one test.
+        ``deferred``: called with (datagram, sockaddr bytes) for each the handler
+        answered with None (a DNS UPDATE is answered later, from a task).
         """
         count: int = self.libc.recvmmsg(self.fd, self.rmsgs, self.batch, MSG_DONTWAIT, None)
         if count <= 0:
@@ -156,6 +159,9 @@ class BatchIO:
                 log.exception("unexpected error answering a UDP query; dropped it")
                 continue
             if reply is None:
+                if deferred is not None:
+                    base = i * SOCKADDR
+                    deferred(data, nview[base : base + namelen].tobytes())
                 continue
             if limiter is not None:
                 base = i * SOCKADDR

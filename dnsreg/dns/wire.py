@@ -12,6 +12,16 @@ import enum
 import struct
 from dataclasses import dataclass
 
+from dnsreg.core.errors import (
+    Conflict,
+    DnsregError,
+    Forbidden,
+    InvalidInput,
+    NotInZone,
+    PrerequisiteFailed,
+    Refused,
+    Unauthorized,
+)
 from dnsreg.core.names import MAX_NAME_OCTETS, Name
 from dnsreg.dns.answers import Kind, Reply
 from dnsreg.dns.records import IXFR, OPT, SOA, TSIG, SRVData, Writer
@@ -39,7 +49,11 @@ class Rcode(enum.IntEnum):
     NXDOMAIN = 3
     NOTIMP = 4
     REFUSED = 5
-    NOTAUTH = 9  # RFC 8945 §5.2: TSIG verification failed
+    YXDOMAIN = 6  # RFC 2136 §2.2: the prerequisite rcodes
+    YXRRSET = 7
+    NXRRSET = 8
+    NOTAUTH = 9  # RFC 8945 §5.2: TSIG verification failed; RFC 2136: not our zone
+    NOTZONE = 10  # RFC 2136 §2.2: a name outside the zone section's zone
     BADVERS = 16  # RFC 6891 §6.1.3: extended, upper 8 bits travel in the OPT TTL
 
 
@@ -57,6 +71,35 @@ RCODE_FOR_KIND = {
     Kind.NXDOMAIN: Rcode.NXDOMAIN,
     Kind.REFUSED: Rcode.REFUSED,
 }
+
+
+def rcode_for_error(exc: DnsregError) -> Rcode:
+    """The one place where an error becomes an rcode (a DNS UPDATE's outcome).
+
+    RFC 2136 §3: a prerequisite names its own rcode, a name outside the zone is
+    NOTZONE, an unknown zone NOTAUTH, a malformed update FORMERR, a refusal by
+    policy (rights, admission, name clashes) REFUSED; the store failing SERVFAIL.
+    """
+    if isinstance(exc, PrerequisiteFailed | NotInZone) and exc.detail in Rcode.__members__:
+        return Rcode[exc.detail]
+    if isinstance(exc, InvalidInput):
+        return Rcode.FORMERR
+    if isinstance(exc, Refused | Forbidden | Unauthorized | Conflict):
+        return Rcode.REFUSED
+    return Rcode.SERVFAIL
+
+
+def is_update(data: bytes) -> bool:
+    """A request (QR clear) with opcode UPDATE (RFC 2136 §2.2)."""
+    return len(data) >= HEADER.size and data[2] & 0xF8 == Opcode.UPDATE << 3
+
+
+def error_reply(data: bytes, rcode: Rcode) -> bytes | None:
+    """A bare reply with ``rcode`` to the message ``data`` (None: not even a header)."""
+    if len(data) < HEADER.size:
+        return None
+    msg_id, flags = struct.unpack_from("!HH", data)
+    return _error_reply(msg_id, flags, rcode)
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,7 +10,7 @@ Why not a general HTTP client: at 10 000 instances checked every 10 s the
 checker makes 1 000 requests a second, and a full client session (aiohttp)
 costs about 400 µs of CPU per request on the benchmark machine against about
 150 µs for this plus a plain asyncio transport: the difference between a
-third and two thirds of a core (README, "Health benchmark"). What is left out on
+third and two thirds of a core (docs/performance.md, "Health benchmark"). What is left out on
 purpose: redirects (SPEC §4: anything but 2xx and 429 is critical, so a 3xx
 is reported, not followed), proxies, cookies, compression and keep-alive
 (each probe is a fresh connection, as in Consul: a health check should

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import abc
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from dnsreg.core.errors import Unavailable
-from dnsreg.core.model import CheckStatus, Instance, Registration
+from dnsreg.core.model import CheckStatus, Instance, Registration, Write
 from dnsreg.core.preservation import ExpiryGuard
 from dnsreg.core.registry import Change, Registry
 
@@ -117,6 +117,15 @@ class Store(abc.ABC):
     async def deregister(self, service: str, instance_id: str) -> Change: ...
 
     @abc.abstractmethod
+    async def apply(self, writes: Sequence[Write]) -> list[Change]:
+        """Several registrations and deregistrations, all or none (a DNS UPDATE).
+
+        Durable before it returns, like every write. If any write is refused
+        (Conflict, NotFound) or the commit fails, nothing changed: no instance,
+        no revision, no event.
+        """
+
+    @abc.abstractmethod
     async def set_maintenance(
         self, service: str, instance_id: str, reason: str | None
     ) -> Change | None: ...
@@ -131,7 +140,7 @@ class Store(abc.ABC):
         """Write a consistent snapshot of the store to ``target`` (a new file)."""
         raise Unavailable(
             f"the {self.kind} store is not backed up through dnsreg: back up its backend "
-            "(for etcd: etcdctl snapshot save, see README)"
+            "(for etcd: etcdctl snapshot save, see docs/operations.md)"
         )
 
     # ----------------------------------------------------------------- status

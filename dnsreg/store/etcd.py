@@ -35,14 +35,14 @@ import logging
 import math
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from dnsreg.core.errors import ConfigError, Conflict, NotFound, Unavailable
-from dnsreg.core.model import CheckStatus, Instance, Registration
+from dnsreg.core.errors import ConfigError, Conflict, DnsregError, NotFound, Unavailable
+from dnsreg.core.model import CheckStatus, Instance, Registration, Write
 from dnsreg.core.registry import Change, Registry
 from dnsreg.store.base import Store
 from dnsreg.store.etcd_client import (
@@ -117,6 +117,21 @@ class EtcdStore(EtcdMirror):
     def _unreachable(self, exc: EtcdError) -> Unavailable:
         return Unavailable(f"etcd is unreachable: {exc.message}")
 
+    def _stored(
+        self, reg: Registration, before: Instance | None, token: str, lease_ttl: int
+    ) -> Stored:
+        """What a registration writes: a replacement keeps the registration time,
+        maintenance and check states of the instance it replaces."""
+        return Stored(
+            reg=reg,
+            registered_at=before.registered_at if before is not None else self.clock(),
+            op="register",
+            token=token,
+            lease_ttl=lease_ttl,
+            maintenance=before.maintenance if before is not None else None,
+            checks=checks_for(reg, before),
+        )
+
     async def register(self, reg: Registration) -> Change:
         self._writable()
         self.registry.validate(reg)
@@ -127,18 +142,8 @@ class EtcdStore(EtcdMirror):
             lease, granted = 0, 0
             if reg.ttl > 0:
                 lease, granted = await self.client.grant(max(1, math.ceil(reg.ttl)))
-            stored = Stored(
-                reg=reg,
-                registered_at=before.registered_at if before is not None else self.clock(),
-                op="register",
-                token=secrets.token_hex(8),
-                lease_ttl=granted,
-                maintenance=before.maintenance if before is not None else None,
-                checks=checks_for(reg, before),
-            )
-            put: dict[str, Any] = {"key": b64(key), "value": b64(stored.encode())}
-            if lease:
-                put["lease"] = lease
+            stored = self._stored(reg, before, secrets.token_hex(8), granted)
+            put = _put(key, stored, lease)
             # The names a tag would shadow must not exist (SPEC §1): checked in the
             # txn itself, so two nodes cannot race past each other's validation.
             tag_keys = [self.layout.instance_key(reg.service, t) for t in reg.tags]
@@ -165,6 +170,82 @@ class EtcdStore(EtcdMirror):
         if old_lease and old_lease != lease:
             self._revoke_later(old_lease)  # the key moved to the new lease
         return change
+
+    async def apply(self, writes: Sequence[Write]) -> list[Change]:
+        """One etcd txn for the whole batch, so one etcd revision (the registry
+        revision is etcd's): every instance key is compared and written in it, and
+        a failed compare (a tag taken, an instance to delete already gone) or a
+        failed txn changes nothing."""
+        self._writable()
+        writes = list(writes)
+        if not writes:
+            return []
+        token = secrets.token_hex(8)
+        compare: list[dict[str, Any]] = []
+        success: list[dict[str, Any]] = []
+        granted_leases: list[int] = []
+        old_leases: list[int] = []
+        deregistered: list[tuple[str, str]] = []
+        try:
+            for w in writes:
+                key = self.layout.instance_key(w.service, w.id)
+                old = self._leases.get(w.key, (0, 0))[0]
+                if old:
+                    old_leases.append(old)
+                if not isinstance(w, Registration):
+                    compare.append(
+                        {"target": "VERSION", "key": b64(key), "result": "GREATER", "version": 0}
+                    )
+                    success.append({"request_delete_range": {"key": b64(key)}})
+                    deregistered.append(w.key)
+                    continue
+                self.registry.validate(w)
+                before = self.registry.get(w.service, w.id)
+                lease, granted = 0, 0
+                if w.ttl > 0:
+                    lease, granted = await self.client.grant(max(1, math.ceil(w.ttl)))
+                    granted_leases.append(lease)
+                stored = self._stored(w, before, token, granted)
+                put = _put(key, stored, lease)
+                success.append({"request_put": put})
+                compare.extend(
+                    {"target": "CREATE", "key": b64(self.layout.instance_key(w.service, t)),
+                     "result": "EQUAL", "create_revision": 0}
+                    for t in w.tags
+                )  # fmt: skip
+            first = writes[0]
+            token_key: bytes | None = None
+            if deregistered:
+                (service, instance_id), *also = deregistered
+                cause = encode_cause(service, instance_id, token, also)
+                success.append({"request_put": {"key": b64(self.layout.cause_key),
+                                                "value": b64(cause)}})  # fmt: skip
+                token_key = self.layout.cause_key
+            with contextlib.ExitStack() as stack:
+                seen = [stack.enter_context(self._collect(w.service, w.id)) for w in writes]
+                revision = await self._write(
+                    self.layout.instance_key(first.service, first.id),
+                    token, compare, success, [], token_key=token_key,
+                )  # fmt: skip
+                if revision is None:
+                    raise Conflict(
+                        "the update no longer matches what etcd holds (an instance to delete "
+                        "is gone, or a tag equals another instance's id); nothing changed"
+                    )
+                await self._reach(revision)
+                changes = [
+                    self._change_at(s, revision, w.service, w.id)
+                    for s, w in zip(seen, writes, strict=True)
+                ]
+        except (EtcdError, DnsregError) as exc:
+            for lease in granted_leases:
+                self._revoke_later(lease)  # nothing uses them now
+            if isinstance(exc, EtcdError):
+                raise self._unreachable(exc) from exc
+            raise
+        for lease in old_leases:
+            self._revoke_later(lease)  # the keys moved to new leases, or are gone
+        return changes
 
     async def _write(
         self,
@@ -375,3 +456,11 @@ def _token_of(raw: bytes, *, cause: bool) -> str | None:
         return Stored.decode(raw).token
     except ValueError:
         return None
+
+
+def _put(key: bytes, stored: Stored, lease: int) -> dict[str, Any]:
+    """An etcd ``put`` of ``stored`` at ``key``, attached to ``lease`` (0: none)."""
+    put: dict[str, Any] = {"key": b64(key), "value": b64(stored.encode())}
+    if lease:
+        put["lease"] = lease
+    return put

@@ -19,6 +19,7 @@ a single key overwritten each time, so it never accumulates.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -247,8 +248,25 @@ class Stored:
         )
 
 
-def encode_cause(service: str, instance_id: str, token: str) -> bytes:
-    return json.dumps({"service": service, "id": instance_id, "token": token}).encode()
+def encode_cause(
+    service: str, instance_id: str, token: str, also: Sequence[tuple[str, str]] = ()
+) -> bytes:
+    """``also``: more instances deregistered by the same txn (one DNS UPDATE)."""
+    data: dict[str, Any] = {"service": service, "id": instance_id, "token": token}
+    if also:
+        data["also"] = [list(k) for k in also]
+    return json.dumps(data).encode()
+
+
+def deregistered_by(raw: bytes) -> set[tuple[str, str]]:
+    """Every instance a cause value names (its own and ``also``)."""
+    cause = decode_cause(raw)
+    if cause is None:
+        return set()
+    out = {(cause[0], cause[1])}
+    with contextlib.suppress(ValueError, TypeError):
+        out |= {(str(s), str(i)) for s, i in json.loads(raw).get("also", [])}
+    return out
 
 
 def decode_cause(raw: bytes) -> tuple[str, str, str] | None:
@@ -297,13 +315,11 @@ def changes_for_revision(
     txn that touches one key twice, so each instance appears at most once here.
     """
     delta = Delta(revision)
-    deregistered: tuple[str, str] | None = None
+    deregistered: set[tuple[str, str]] = set()
     for event in events:
         parsed = layout.parse(event.kv.key)
         if parsed is not None and parsed.kind == "cause" and event.type == "put":
-            cause = decode_cause(event.kv.value)
-            if cause is not None:
-                deregistered = (cause[0], cause[1])
+            deregistered = deregistered_by(event.kv.value)
     for event in sorted(events, key=lambda e: e.kv.key):
         parsed = layout.parse(event.kv.key)
         if parsed is None or parsed.kind == "cause":
@@ -322,7 +338,7 @@ def changes_for_revision(
                 continue  # never seen (e.g. removed before our list): nothing to withdraw
             kind = (
                 ChangeKind.DEREGISTERED
-                if deregistered == (service, instance_id)
+                if (service, instance_id) in deregistered
                 else ChangeKind.EXPIRED
             )
             delta.changes.append(Change(kind, revision, service, instance_id, before, None))

@@ -17,7 +17,7 @@ import contextlib
 import logging
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -25,7 +25,7 @@ from urllib.parse import urlsplit
 import msgspec
 
 from dnsreg.core.errors import DnsregError, StoreCorrupt, Unavailable
-from dnsreg.core.model import CheckStatus, Instance, Registration
+from dnsreg.core.model import CheckStatus, Instance, Registration, Write
 from dnsreg.core.registry import Change, Registry
 from dnsreg.store.base import Store, instance_from_row, instance_to_row
 from dnsreg.store.census import count_leases
@@ -153,7 +153,8 @@ class SqliteStore(Store):
     def _corrupt(self, what: str) -> StoreCorrupt:
         return StoreCorrupt(
             f"the store file {self.path.absolute()} cannot be used: {what}. "
-            "Restore a backup (dnsreg backup, see README) or move the file aside to start empty"
+            "Restore a backup (dnsreg backup, see docs/operations.md) "
+            "or move the file aside to start empty"
         )
 
     async def close(self) -> None:
@@ -226,6 +227,17 @@ class SqliteStore(Store):
     async def deregister(self, service: str, instance_id: str) -> Change:
         (change,) = await self._submit(lambda: [self.registry.deregister(service, instance_id)])
         return change
+
+    async def apply(self, writes: Sequence[Write]) -> list[Change]:
+        """One intent, so one SQLite transaction: the registry takes the writes back
+        itself when one is refused (``Registry.apply_all``), and a failed commit
+        unstages the whole batch. Each changed instance takes its own revision
+        (consecutive ones: nothing else runs inside an intent)."""
+        now = self.clock()
+        writes = list(writes)
+        changes = await self._submit(lambda: self.registry.apply_all(writes, now))
+        self._schedule_changed.set()
+        return changes
 
     async def set_maintenance(
         self, service: str, instance_id: str, reason: str | None

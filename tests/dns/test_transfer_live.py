@@ -108,12 +108,17 @@ zone:
     request-xfr: 127.0.0.1@{primary} NOKEY
     allow-notify: 127.0.0.1 NOKEY
 """)
-    log = (home / "nsd.log").open("w")
-    proc = await asyncio.create_subprocess_exec(
-        NSD, "-d", "-c", str(home / "nsd.conf"), stdout=log, stderr=asyncio.subprocess.STDOUT
-    )
-    try:
+    async with daemon([NSD, "-d", "-c", str(home / "nsd.conf")], home / "nsd.log"):
         yield port
+
+
+@contextlib.asynccontextmanager
+async def daemon(argv: list[str], log_path: Path) -> AsyncIterator[None]:
+    """A server process in the foreground for the block, its output in ``log_path``."""
+    log = log_path.open("w")
+    proc = await asyncio.create_subprocess_exec(*argv, stdout=log, stderr=asyncio.subprocess.STDOUT)
+    try:
+        yield
     finally:
         proc.terminate()
         try:

@@ -194,7 +194,11 @@ async def answers(
     return {item.to_text() for rrset in msg.answer for item in rrset}
 
 
-async def within(seconds: float, predicate: Callable[[], Awaitable[bool]]) -> float:
+async def within(
+    seconds: float,
+    predicate: Callable[[], Awaitable[bool]],
+    explain: Callable[[], Awaitable[object]] | None = None,
+) -> float:
     """Poll ``predicate`` (real sockets) until true; fail if that takes longer than ``seconds``.
 
     Time the whole process was not running does not count against the bound:
@@ -210,8 +214,11 @@ async def within(seconds: float, predicate: Callable[[], Awaitable[bool]]) -> fl
         if await predicate():
             return time.monotonic() - start - stalled
         if time.monotonic() - start - stalled > seconds:
+            # What the server thought at that moment: a timing failure on CI is
+            # only worth its re-run if it says which step was late and why.
+            state = f"; state: {await explain()!r}" if explain is not None else ""
             raise AssertionError(
-                f"not within {seconds:.2f}s ({stalled:.2f}s of process stalls excused)"
+                f"not within {seconds:.2f}s ({stalled:.2f}s of process stalls excused){state}"
             )
         before = time.monotonic()
         await asyncio.sleep(0.01)
@@ -361,7 +368,7 @@ async def test_a_closed_port_is_critical_and_reopening_restores(
     output = (await instance(r, "web", "web-1"))["check_status"][0]["output"]
     assert "Cannot connect" in output or "refused" in output.lower()
     await target.start()  # same port again
-    await within(BOUND, lambda: served(r, "10.0.0.1"))
+    await within(BOUND, lambda: served(r, "10.0.0.1"), lambda: instance(r, "web", "web-1"))
 
 
 async def test_fall_two_ignores_a_single_failure(serve: Serve, target: Target) -> None:
@@ -569,7 +576,7 @@ async def test_deregister_after_removes_a_critical_instance(serve: Serve, target
     async def removed() -> bool:
         return await status_code(r, "/v1/services/web/instances/web-1") == 404
 
-    await within(0.5 + SLACK, removed)
+    await within(0.5 + SLACK, removed, lambda: instance(r, "web", "web-1"))
     assert time.monotonic() - turned >= 0.5 - 0.05
     msg = await r.query("web.service.local", "A")
     assert msg.rcode() == dns.rcode.NXDOMAIN
