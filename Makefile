@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck pytest bench bench-quick bench-health bench-watch clean
+.PHONY: run test lint typecheck pytest bench bench-quick bench-health bench-watch bench-stalls clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -30,17 +30,22 @@ test: lint typecheck pytest
 
 bench: $(STAMP)
 	$(BIN)/python -m bench $(BENCH_ARGS)
+	$(BIN)/python -m bench.stalls
 
 bench-quick: $(STAMP)
 	$(BIN)/python -m bench --quick
 	$(BIN)/python -m bench.health --quick
 	$(BIN)/python -m bench.watch --quick
+	$(BIN)/python -m bench.stalls --quick
 
 bench-health: $(STAMP)
 	$(BIN)/python -m bench.health $(BENCH_ARGS)
 
 bench-watch: $(STAMP)
 	$(BIN)/python -m bench.watch $(BENCH_ARGS)
+
+bench-stalls: $(STAMP)
+	$(BIN)/python -m bench.stalls $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

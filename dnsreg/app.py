@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
-import gc
+import functools
 import logging
 import random
 import signal
@@ -40,8 +40,10 @@ from dnsreg.dns.tsig import Signer
 from dnsreg.dns.updater import Updater
 from dnsreg.dns.xfr_out import Transfers, parse_networks
 from dnsreg.dns.zones import StaticZones, load_zones
+from dnsreg.gc_tuning import GcCollector, GcTuning
 from dnsreg.health.checker import Checker, PanicWatch
 from dnsreg.health.metrics import HealthCollector
+from dnsreg.http.accept import AcceptCollector, AcceptFailures, serve
 from dnsreg.http.api import Api
 from dnsreg.http.auth import Auth, AuthMode, decide_mode
 from dnsreg.http.backup import BackupRoute
@@ -51,7 +53,6 @@ from dnsreg.http.limits import (
     ConnectionLimiter,
     LimitedSite,
     connection_budget,
-    log_accept_errors,
     raise_nofile_limit,
 )
 from dnsreg.http.metrics import Metrics
@@ -76,6 +77,8 @@ class Server:
         self.updater: Updater | None = None
         self.dns: DnsServer | None = None
         self.loop_lag = LoopLag()
+        self.gc = GcTuning()
+        self.accept_failures = AcceptFailures()
         self.http_runner: web.AppRunner | None = None
         self.api: Api | None = None
         self.auth: Auth | None = None
@@ -113,8 +116,11 @@ class Server:
             await self.store.start()
             # What the store loaded lives as long as the process: out of the cyclic
             # GC's reach, a full collection no longer walks 100 000 instances (a
-            # stall of hundreds of ms on the loop every DNS query waits on).
-            gc.freeze()
+            # stall of 30-60 ms on the loop every DNS query waits on). Bursts of
+            # changes later are frozen the same way (dnsreg.gc_tuning).
+            self.gc.freeze("start-up load")
+            self.gc.start()
+            self.store.subscribe(self.gc.changed)
             # 1b. Health checks of what the store holds, and panic-mode logging.
             self.panic_watch = PanicWatch(self.registry)
             self.panic_watch.start(self.store)
@@ -155,6 +161,8 @@ class Server:
                 idle_timeout=cfg.tcp_idle_timeout,
                 max_connections=cfg.tcp_max_connections,
                 stream_handler=self.responder.respond_tcp,
+                # Accepting in Python: a failed accept is counted and logged (http.accept).
+                listen=functools.partial(serve, name="DNS", failures=self.accept_failures),
                 deferred=self.updater.handle,
                 max_per_client=cfg.tcp_max_per_client,
                 limiter=(
@@ -177,6 +185,8 @@ class Server:
             )
             self.loop_lag.start()
             metrics.add(LoopLagCollector(self.loop_lag))
+            metrics.add(GcCollector(self.gc))
+            metrics.add(AcceptCollector(self.accept_failures))
             metrics.add(HealthCollector(lambda: self.checker, lambda: self.panic_watch))
             api = Api(
                 self.registry,
@@ -221,7 +231,6 @@ class Server:
                 "for health checks and the store and %d for DNS over TCP",
                 soft, hard, budget.http_connections, budget.reserve, budget.dns_tcp,
             )  # fmt: skip
-            log_accept_errors(asyncio.get_running_loop(), budget)
             self.http_limiter = ConnectionLimiter(
                 max_connections=budget.http_connections, header_timeout=cfg.http_header_timeout
             )
@@ -233,8 +242,9 @@ class Server:
             )  # fmt: skip
             await self.http_runner.setup()
             site = LimitedSite(
-                self.http_runner, cfg.http.host, cfg.http.port, self.http_limiter, ssl_context=tls
-            )
+                self.http_runner, cfg.http.host, cfg.http.port, self.http_limiter,
+                failures=self.accept_failures, ssl_context=tls,
+            )  # fmt: skip
             with _listening("HTTP", "--http", cfg.http.host, cfg.http.port):
                 await site.start()
             self.http_port = int(self.http_runner.addresses[0][1])
@@ -257,6 +267,7 @@ class Server:
     async def stop(self) -> None:
         """Reverse order: HTTP, DNS, the health checker, then the store flushes and closes."""
         self.loop_lag.stop()
+        self.gc.stop()
         if self.http_runner is not None:
             await self.http_runner.cleanup()
             self.http_runner = None

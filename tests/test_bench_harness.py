@@ -55,6 +55,22 @@ def test_watch_benchmark_quick_runs() -> None:
     assert "p99" in _run("bench.watch")
 
 
+def test_stall_benchmark_quick_prints_one_row_per_operation() -> None:
+    out = _run("bench.stalls")
+    assert "Loop stalls at 10,000 instances (limit 20 ms)" in out
+    for operation in (
+        "load 10,000 instances", "registration burst of 1,000", "heartbeats, 1,000",
+        "listing 5,000 in pages of 1 000", "listing 5,000 streamed", "/metrics scrape",
+        "/v1/status", "DNS A big", "DNS SRV big", "DNS TCP A big", "big-service change + A",
+        "blocking query, 100 waiters fire", "SSE subscriber replay",
+        "expiry of 1,000 leases at once", "deregistration of 1,000",
+    ):  # fmt: skip
+        row = next((line for line in out.splitlines() if line.startswith(f"| {operation}")), None)
+        assert row is not None, (operation, out)
+        assert "FAILED" not in row, row
+        assert row.count("|") == 9, row
+
+
 @pytest.mark.skipif(shutil.which("dnsperf") is None, reason="needs dnsperf (.ci/run installs it)")
 def test_a_failing_scenario_is_reported_and_the_run_goes_on(tmp_path: Path) -> None:
     import argparse

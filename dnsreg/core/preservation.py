@@ -99,6 +99,11 @@ class ExpiryGuard:
             present += 1
             if is_lapsing(deadline, ttl, now):
                 lapsing += 1
+        return self.judge(now, present, lapsing)
+
+    def judge(self, now: float, present: int, lapsing: int) -> GuardVerdict:
+        """Verdict for ``present`` leases of which ``lapsing`` lapse (counted by the
+        caller, e.g. in slices that yield the event loop); updates ``active``."""
         recent = self.recent(now)
         verdict = guard_verdict(lapsing + recent, present + recent, self.fraction, self.minimum)
         if verdict.hold and not self.active:

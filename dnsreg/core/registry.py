@@ -350,8 +350,11 @@ class Registry:
             raise
         return done
 
-    def expire_due(self, now: float, *, held: bool = False) -> list[Change]:
-        """Remove every instance whose lease deadline is at or before ``now``.
+    def expire_due(
+        self, now: float, *, held: bool = False, limit: int | None = None
+    ) -> list[Change]:
+        """Remove every instance whose lease deadline is at or before ``now``
+        (at most ``limit`` of them: the caller expires a crowd in batches).
 
         ``held``: self-preservation holds expiry (SPEC §3); only leases that were
         never renewed expire then (SPEC §7: they do not count toward the guard,
@@ -360,6 +363,8 @@ class Registry:
         changes: list[Change] = []
         kept: list[tuple[float, str, str]] = []
         while self._leases and self._leases[0][0] <= now:
+            if limit is not None and len(changes) >= limit:
+                break
             entry = heapq.heappop(self._leases)
             _, service, instance_id = entry
             instance = self.get(service, instance_id)

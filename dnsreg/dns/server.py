@@ -24,6 +24,9 @@ log = logging.getLogger("dnsreg.dns")
 Handler = Callable[..., bytes | None]  # (data, *, tcp) -> reply or None
 # TCP: (data, peer address) -> one reply, several (a zone transfer), or None
 StreamHandler = Callable[[bytes, str], bytes | list[bytes] | None]
+# (protocol factory, host, port) -> a listening server; the composition root may hand in
+# one that accepts in Python (failed accepts counted and logged); else the loop's own.
+Listen = Callable[[Callable[[], asyncio.Protocol], str, int], Awaitable[asyncio.AbstractServer]]
 # A message the handler answered with None that needs async work (a DNS UPDATE):
 # (data, client address) -> the reply, once the store has the change.
 Deferred = Callable[[bytes, str], Awaitable[bytes | None]]
@@ -314,15 +317,17 @@ class TcpListener:
         max_connections: int,
         max_per_client: int = 16,
         stream_handler: StreamHandler | None = None,
+        listen: Listen | None = None,
         deferred: Deferred | None = None,
     ) -> None:
         self.handler = handler
         self.stream_handler = stream_handler
+        self.listen = listen
         self.deferred = deferred
         self.idle_timeout = idle_timeout
         self.max_connections = max_connections
         self.max_per_client = max_per_client
-        self.server: asyncio.Server | None = None
+        self.server: asyncio.AbstractServer | None = None
         # Least recently active first (a dict keeps insertion order; activity re-inserts).
         self.connections: dict[_TcpConnection, None] = {}
         self.per_client: dict[str, int] = {}
@@ -371,11 +376,16 @@ class TcpListener:
                 self.per_client.pop(conn.client, None)
 
     async def start(self, host: str, port: int) -> int:
-        loop = asyncio.get_running_loop()
-        self.server = await loop.create_server(
-            lambda: _TcpConnection(self), host, port, family=_family(host), reuse_address=True
-        )
-        return int(self.server.sockets[0].getsockname()[1])
+        if self.listen is not None:
+            server = await self.listen(lambda: _TcpConnection(self), host, port)
+        else:
+            loop = asyncio.get_running_loop()
+            server = await loop.create_server(
+                lambda: _TcpConnection(self), host, port, family=_family(host), reuse_address=True
+            )
+        self.server = server
+        sockets: list[socket.socket] = getattr(server, "sockets", [])
+        return int(sockets[0].getsockname()[1])
 
     def drained(self) -> None:
         if self.closing and not self.connections and self._all_closed is not None:
@@ -412,6 +422,7 @@ class DnsServer:
         max_per_client: int = 16,
         limiter: RateLimiter | None = None,
         stream_handler: StreamHandler | None = None,
+        listen: Listen | None = None,
         deferred: Deferred | None = None,
     ) -> None:
         self.udp = UdpListener(handler, limiter, deferred)
@@ -421,6 +432,7 @@ class DnsServer:
             max_connections=max_connections,
             max_per_client=max_per_client,
             stream_handler=stream_handler,
+            listen=listen,
             deferred=deferred,
         )
         self.port = 0

@@ -295,5 +295,6 @@ class Api:
         return json_response(body, revision=revision)
 
     async def prometheus(self, request: web.Request) -> web.Response:
+        await self.metrics.refresh()
         body, content_type = self.metrics.render()
         return web.Response(body=body, headers={"Content-Type": content_type})

@@ -17,8 +17,9 @@ both, the way nginx's ``client_header_timeout`` and ``worker_connections`` do:
 Busy and idle are told by :meth:`ConnectionLimiter.middleware`, which sees
 each request start and end. The body deadline is the API's (``Api._body``).
 
-Also here: the file-descriptor budget the cap is derived from
-(:func:`raise_nofile_limit`, :func:`connection_budget`).
+Connections are accepted by :mod:`dnsreg.http.accept`. Also here: the
+file-descriptor budget the cap is derived from (:func:`raise_nofile_limit`,
+:func:`connection_budget`).
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from typing import Any, cast
 
 from aiohttp import web
 
-from dnsreg.core.errors import LOCAL_RESOURCE_ERRNOS
+from dnsreg.http.accept import AcceptFailures, serve
 
 log = logging.getLogger("dnsreg.http")
 
@@ -263,6 +264,7 @@ class LimitedSite(web.BaseSite):
         port: int,
         limiter: ConnectionLimiter,
         *,
+        failures: AcceptFailures,
         ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         # A burst of connects waits in the kernel's queue rather than being reset.
@@ -270,6 +272,7 @@ class LimitedSite(web.BaseSite):
         self._host = host
         self._port = port
         self.limiter = limiter
+        self.failures = failures
 
     @property
     def name(self) -> str:
@@ -281,38 +284,9 @@ class LimitedSite(web.BaseSite):
         await super().start()
         server = self._runner.server
         assert server is not None
-        loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(
-            self.limiter.factory(server),
-            self._host,
-            self._port,
-            ssl=self._ssl_context,
+        # Accepting in Python (dnsreg.http.accept): a failed accept is counted and logged.
+        self._server = await serve(
+            self.limiter.factory(server), self._host, self._port,
+            name="HTTP", failures=self.failures, ssl_context=self._ssl_context,
             backlog=self._backlog,
-            reuse_address=True,
-        )
-
-
-def log_accept_errors(loop: asyncio.AbstractEventLoop, budget: Budget) -> None:
-    """Failed accepts (EMFILE and kin) are logged, at most once per 10 s, with the limit.
-
-    asyncio reports them through the loop's exception handler (and retries the
-    accept a moment later); the default handler would log each one with a
-    traceback, thousands a second under a connection flood.
-    """
-    limited = RateLimitedLog(log)
-    previous = loop.get_exception_handler()
-
-    def handle(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
-        exc = context.get("exception")
-        if isinstance(exc, OSError) and exc.errno in LOCAL_RESOURCE_ERRNOS:
-            limited.log(
-                logging.ERROR, "accept",
-                "cannot accept a connection: %s (open-files limit %d)", exc, budget.soft,
-            )  # fmt: skip
-            return
-        if previous is not None:
-            previous(loop, context)
-        else:
-            loop.default_exception_handler(context)
-
-    loop.set_exception_handler(handle)
+        )  # fmt: skip

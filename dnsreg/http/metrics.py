@@ -25,10 +25,10 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
 
 from dnsreg import __version__
-from dnsreg.core.preservation import is_lapsing
 from dnsreg.core.registry import Registry
 from dnsreg.http.observe import HttpMetrics
 from dnsreg.store import Store
+from dnsreg.store.census import Census, count_leases
 
 # ``*_created`` series (one per counter and histogram) are the process start time over
 # and over; Prometheus derives resets itself. Process-wide switch, so set once here.
@@ -63,6 +63,7 @@ class _StoreCollector(Collector):
 
     def __init__(self, store: Callable[[], Store | None]) -> None:
         self.store = store
+        self.census: Census | None = None  # counted by Metrics.refresh before a render
 
     def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         store = self.store()
@@ -73,15 +74,16 @@ class _StoreCollector(Collector):
                 "1 while self-preservation holds lease expiry (too many leases lapsing at once)",
                 value=1 if guard["active"] else 0,
             )
-            # Counted now, not taken from the last assessment: the guard assesses only
-            # when a lease is due, so its number stood still once the last one left.
+            # Counted for this scrape, not taken from the last assessment: the guard
+            # assesses only when a lease is due, so its number stood still once the
+            # last one left. Counted in slices beforehand (Metrics.refresh).
             now = store.clock()
-            lapsing = sum(1 for d, ttl in store.registry.leases() if is_lapsing(d, ttl, now))
-            yield GaugeMetricFamily(
-                "dnsreg_leases_lapsing",
-                "Leases overdue or more than half through their TTL without a heartbeat",
-                value=lapsing,
-            )
+            if self.census is not None:
+                yield GaugeMetricFamily(
+                    "dnsreg_leases_lapsing",
+                    "Leases overdue or more than half through their TTL without a heartbeat",
+                    value=self.census.lapsing,
+                )
             if store.expiry_guard is not None:
                 yield GaugeMetricFamily(
                     "dnsreg_leases_recently_expired",
@@ -115,11 +117,21 @@ class Metrics:
             "dnsreg_heartbeats", "Heartbeats accepted", registry=self.registry
         )
         self.registry.register(_RegistryCollector(registry))
-        self.registry.register(_StoreCollector(store))
+        self._store_collector = _StoreCollector(store)
+        self.registry.register(self._store_collector)
+        self._store = store
 
     def add(self, collector: Collector) -> None:
         """Report what ``collector`` yields too (another feature's metrics)."""
         self.registry.register(collector)
+
+    async def refresh(self) -> None:
+        """Count what a scrape reports that needs a walk of every instance, in slices
+        that yield the loop (a walk in ``collect`` would hold it: 20-60 ms at 100 000)."""
+        store = self._store()
+        if store is not None:
+            census = await count_leases(store.registry, store.clock())
+            self._store_collector.census = census
 
     def render(self) -> tuple[bytes, str]:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST

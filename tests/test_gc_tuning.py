@@ -1,0 +1,113 @@
+"""The cyclic GC kept off the loop: long-lived objects frozen, pauses measured and exported."""
+
+from __future__ import annotations
+
+import gc
+from collections.abc import Iterator
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from dnsreg.gc_tuning import GcTuning
+from tests.helpers import Running, async_wait_until
+
+
+@pytest.fixture
+def unfrozen() -> Iterator[None]:
+    """Only the test's own collections run (none triggered by its allocations), and
+    what it freezes is handed back to the collector afterwards."""
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+        gc.unfreeze()
+
+
+def _full_collection(tuning: GcTuning) -> float:
+    """A full collection's pause as the tuning measured it (through gc.callbacks)."""
+    before = tuning.sums[2]
+    gc.collect()
+    return tuning.sums[2] - before
+
+
+async def test_a_slow_full_collection_freezes_what_lives_and_the_next_one_is_fast(
+    unfrozen: None,
+) -> None:
+    tuning = GcTuning(check_every=0.01)
+    tuning.start()
+    try:
+        # 300 000 long-lived containers: what 100 000 registered instances amount to.
+        alive = [[n] for n in range(300_000)]
+        # The registry standing still: a slow collection is someone else's objects.
+        slow = _full_collection(tuning)
+        assert slow > tuning.refreeze_over, slow
+        tuning._quiet_changes = -1
+        await async_wait_until(lambda: tuning._quiet_changes == 0)
+        assert tuning.freezes == 0
+        # Slow again, what it walks stayed: the second in a row freezes.
+        slow = _full_collection(tuning)
+        assert slow > tuning.refreeze_over, slow
+        await async_wait_until(lambda: tuning.freezes == 1)
+        assert tuning.frozen >= len(alive)
+        fast = _full_collection(tuning)
+        assert fast < slow / 3, (slow, fast)
+        assert tuning.worst >= slow
+        assert tuning.freezes == 1  # a fast collection asks for no freeze
+    finally:
+        tuning.stop()
+    assert tuning._callback not in gc.callbacks
+
+
+async def test_a_slow_full_collection_after_changes_freezes_at_once(unfrozen: None) -> None:
+    tuning = GcTuning(check_every=0.01)
+    tuning.start()
+    try:
+        alive = [[n] for n in range(300_000)]
+        for _ in range(200):  # changes, fewer than a burst
+            tuning.changed()
+        assert _full_collection(tuning) > tuning.refreeze_over
+        await async_wait_until(lambda: tuning.freezes == 1)
+        assert tuning.frozen >= len(alive)
+    finally:
+        tuning.stop()
+
+
+async def test_a_burst_of_changes_is_frozen(unfrozen: None) -> None:
+    tuning = GcTuning(check_every=0.01, bulk_changes=100)
+    tuning.start()
+    try:
+        for _ in range(99):
+            tuning.changed()
+        for _ in range(3):  # fewer than a burst: three looks, no freeze
+            tuning._quiet_changes = -1
+            await async_wait_until(lambda: tuning._quiet_changes == 99)
+        assert tuning.freezes == 0
+        tuning.changed()
+        await async_wait_until(lambda: tuning.freezes == 1)
+        assert tuning.changes == 0
+    finally:
+        tuning.stop()
+
+
+async def test_the_server_exports_its_gc_pauses_and_freezes(running: Running) -> None:
+    await running.register("web", "web-1")
+    gc.collect()
+    async with running.http.get(running.base + "/metrics") as resp:
+        text = await resp.text()
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+    # Frozen at start-up, after the store loaded.
+    assert samples[("dnsreg_gc_freezes_total", ())] >= 1
+    assert samples[("dnsreg_gc_frozen_objects", ())] > 0
+    full = samples[("dnsreg_gc_pause_seconds_count", (("generation", "2"),))]
+    assert full >= 1  # the collection above, at least
+    assert samples[("dnsreg_gc_pause_max_seconds", ())] > 0
+    for generation in "012":
+        assert ("dnsreg_gc_pause_seconds_bucket", (("generation", generation), ("le", "+Inf"))) in (
+            samples
+        )
+        assert ("dnsreg_gc_pause_seconds_sum", (("generation", generation),)) in samples
