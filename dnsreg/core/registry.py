@@ -13,24 +13,15 @@ from __future__ import annotations
 
 import enum
 import heapq
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
 from dnsreg.core.errors import Conflict, DnsregError, NotFound
 from dnsreg.core.model import CheckStatus, Instance, Registration, Write
+from dnsreg.core.write_log import WriteLog
 
 RESERVED_SERVICES = frozenset({"ns"})  # ns.<zone> is the server's own name
-# Instance ids remembered per service for :meth:`Registry.touched_since`: a reader more
-# than this many writes behind on one service (or an eighth of its instances, if more)
-# rebuilds what it derived instead. Rebuilding costs the service; patching, the writes.
-TOUCH_LOG = 64
-
-
-@dataclass(slots=True)
-class _TouchLog:
-    floor: int  # the log is complete for epochs above this
-    entries: deque[tuple[int, str]]
 
 
 class ChangeKind(enum.Enum):
@@ -85,11 +76,9 @@ class Registry:
         # each service revision that :meth:`_bump` overwrote, to put them back.
         self._staged_revision: int | None = None
         self._journal: list[tuple[str, int]] = []
-        # Every write to a service's instances, staged and undone ones included, by epoch
-        # (a counter that never goes back, unlike revisions under unstage), so per-service
-        # caches (dns/service_answers) patch what moved instead of rebuilding the service.
-        self._epoch = 0
-        self._touched: dict[str, _TouchLog] = {}
+        # Every write to a service's instances, staged and undone ones included, so
+        # per-service caches (dns/service_answers) patch what moved instead of rebuilding.
+        self._writes = WriteLog()
 
     # ----------------------------------------------------------------- reads
     def __len__(self) -> int:
@@ -148,23 +137,11 @@ class Registry:
 
     def epoch(self, service: str) -> int:
         """A number that moves with every write to ``service``'s instances (0: none logged)."""
-        log = self._touched.get(service)
-        return log.entries[-1][0] if log is not None else 0
+        return self._writes.epoch(service)
 
     def touched_since(self, service: str, epoch: int) -> set[str] | None:
-        """Ids of ``service`` written since :meth:`epoch` said ``epoch``; None: not known
-        (too far back, or the service went away meanwhile): derive it all again."""
-        log = self._touched.get(service)
-        if log is None:
-            return set() if epoch == 0 else None
-        if epoch < log.floor:
-            return None
-        out: set[str] = set()
-        for at, instance_id in reversed(log.entries):
-            if at <= epoch:
-                break
-            out.add(instance_id)
-        return out
+        """Ids of ``service`` written since :meth:`epoch` said ``epoch``; None: rebuild."""
+        return self._writes.since(service, epoch)
 
     def service_revision(self, service: str) -> int:
         """Revision of the last change to ``service`` (0 if never seen)."""
@@ -531,16 +508,10 @@ class Registry:
         self._touch(service, instance_id)
         if not instances:
             del self._services[service]
-            self._touched.pop(service, None)  # a service that comes back starts a new log
+            self._writes.forget(service)
 
     def _touch(self, service: str, instance_id: str) -> None:
-        self._epoch += 1
-        log = self._touched.get(service)
-        if log is None:
-            log = self._touched[service] = _TouchLog(self._epoch - 1, deque())
-        log.entries.append((self._epoch, instance_id))
-        if len(log.entries) > TOUCH_LOG and len(log.entries) > len(self.instances(service)) // 8:
-            log.floor = log.entries.popleft()[0]
+        self._writes.touch(service, instance_id, len(self._services.get(service, ())))
 
     def _bump(self, service: str) -> int:
         if self._staged_revision is not None:

@@ -8,7 +8,8 @@ import pytest
 
 from dnsreg.core.errors import Conflict, NotFound
 from dnsreg.core.model import Registration
-from dnsreg.core.registry import TOUCH_LOG, ChangeKind, Registry
+from dnsreg.core.registry import ChangeKind, Registry
+from dnsreg.core.write_log import TOUCH_LOG
 from tests.helpers import FakeClock
 
 
