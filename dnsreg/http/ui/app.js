@@ -17,6 +17,7 @@ const state = {
   skew: 0,             // server clock minus browser clock, in ms
   source: null,        // the EventSource
   relist: null,        // pending debounced re-list
+  recent: new Map(),   // id -> {revision, instance} of events on the selected service
 };
 
 // ------------------------------------------------------------------ API
@@ -86,7 +87,15 @@ async function loadServices() {
 async function loadInstances(service) {
   const body = await api("/v1/services/" + encodeURIComponent(service));
   if (state.selected !== service) return;
-  state.instances = new Map(body.instances.map((i) => [i.id, i]));
+  const instances = new Map(body.instances.map((i) => [i.id, i]));
+  // Events that arrived while the list was on its way are newer than it when their
+  // revision is: a list read before a registration must not wipe the registration.
+  for (const [id, seen] of state.recent) {
+    if (seen.revision <= body.revision) continue;
+    if (seen.instance) instances.set(id, seen.instance);
+    else instances.delete(id);
+  }
+  state.instances = instances;
   renderInstances();
 }
 
@@ -225,6 +234,7 @@ function onChange(ev) {
   try { data = JSON.parse(ev.data); } catch (_) { return; }
   state.revision = Math.max(state.revision, data.revision);
   if (data.service === state.selected) {
+    state.recent.set(data.id, { revision: data.revision, instance: data.instance || null });
     if (data.instance) state.instances.set(data.id, data.instance);
     else state.instances.delete(data.id);
     queueRender(data.id);
@@ -448,6 +458,7 @@ function tick() {
 async function select(name, focus) {
   state.selected = name;
   state.instances = new Map();
+  state.recent = new Map();
   if (location.hash !== "#" + encodeURIComponent(name)) {
     history.replaceState(null, "", "#" + encodeURIComponent(name));
   }
