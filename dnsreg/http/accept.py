@@ -113,6 +113,7 @@ class Listener(asyncio.AbstractServer):
         self._loop = asyncio.get_running_loop()
         self._resume: asyncio.TimerHandle | None = None
         self._handing: set[asyncio.Task[None]] = set()
+        self._closed = asyncio.Event()
         self._loop.add_reader(sock.fileno(), self._readable)
 
     def _readable(self) -> None:
@@ -178,6 +179,7 @@ class Listener(asyncio.AbstractServer):
             sock.close()
         for task in list(self._handing):
             task.cancel()
+        self._closed.set()
 
     async def wait_closed(self) -> None:
         if self._handing:
@@ -193,7 +195,8 @@ class Listener(asyncio.AbstractServer):
         """Serving starts in the constructor."""
 
     async def serve_forever(self) -> None:
-        raise NotImplementedError("run the event loop instead")
+        """Serves from the constructor on; returns once the listener is closed."""
+        await self._closed.wait()
 
 
 async def serve(

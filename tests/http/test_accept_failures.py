@@ -20,6 +20,7 @@ import dns.asyncquery
 import dns.message
 from prometheus_client.parser import text_string_to_metric_families
 
+from dnsreg.http.accept import AcceptFailures, serve
 from tests.helpers import Process, async_wait_until, spawn_server
 
 NOFILE = 128  # the server's own limit: a flood of 200 connections exhausts it
@@ -119,3 +120,15 @@ async def test_a_connection_flood_out_of_descriptors_is_logged_once_counted_and_
             timeout=3,
         )  # fmt: skip
         assert [r.to_text() for rrset in reply.answer for r in rrset] == ["10.0.0.1"]
+
+
+async def test_serve_forever_returns_when_the_listener_closes() -> None:
+    # asyncio.AbstractServer's contract: a caller awaiting serve_forever() is released by close().
+    listener = await serve(asyncio.Protocol, "127.0.0.1", 0, name="test", failures=AcceptFailures())
+    waiting = asyncio.create_task(listener.serve_forever())
+    await asyncio.sleep(0)
+    assert not waiting.done()
+    listener.close()
+    await asyncio.wait_for(waiting, 2)
+    await listener.wait_closed()
+    assert not listener.is_serving()
