@@ -79,6 +79,9 @@ class Registry:
         # Every write to a service's instances, staged and undone ones included, so
         # per-service caches (dns/service_answers) patch what moved instead of rebuilding.
         self._writes = WriteLog()
+        # service -> [judged, served]: the panic verdict's two counts (see :meth:`served`),
+        # kept per write so judging a service of 100 000 instances costs O(1).
+        self._verdicts: dict[str, list[int]] = {}
 
     # ----------------------------------------------------------------- reads
     def __len__(self) -> int:
@@ -165,29 +168,20 @@ class Registry:
         yet is neither healthy nor failing (SPEC §4: served once its checks
         pass), so neither tips a service into panic nor is served by it.
 
-        ``panic``: the verdict, when the caller already has it for this revision
-        (judging it walks the whole service; DNS asks about many subsets of one).
+        ``panic``: the verdict to apply, when the caller already has it for this
+        revision (the kept counts decide it otherwise, in O(1)).
         """
-        everything = self._services.get(service, {})
-        pool = list(everything.values()) if candidates is None else list(candidates)
+        if candidates is None:
+            pool = list(self._services.get(service, {}).values())
+        else:
+            pool = list(candidates)
+        if panic is None:
+            panic = self.panics_now(service)
         if panic:
             return ServedSet(
                 tuple(i for i in pool if i.maintenance is None and not i.pending), True
             )
-        healthy = _healthy(pool)
-        if panic is not None:
-            return ServedSet(healthy, False)
-        if self.panic_threshold is not None and everything:
-            judged = served = 0
-            for i in everything.values():
-                if i.maintenance is None and not i.pending:
-                    judged += 1
-                    served += i.served
-            if self.panics(judged, served):
-                return ServedSet(
-                    tuple(i for i in pool if i.maintenance is None and not i.pending), True
-                )
-        return ServedSet(healthy, False)
+        return ServedSet(_healthy(pool), False)
 
     def panics(self, judged: int, served: int) -> bool:
         """Panic mode for a service of which ``served`` of ``judged`` instances are served
@@ -199,7 +193,14 @@ class Registry:
         )
 
     def in_panic(self, service: str) -> bool:
-        return self.served(service, ()).panic
+        return self.panics_now(service)
+
+    def panics_now(self, service: str) -> bool:
+        """The whole service's panic verdict at this revision, from the kept counts."""
+        if self.panic_threshold is None:
+            return False
+        counts = self._verdicts.get(service)
+        return counts is not None and self.panics(counts[0], counts[1])
 
     def next_deadline(self) -> float | None:
         """Earliest lease deadline (possibly stale-early; :meth:`expire_due` copes)."""
@@ -413,7 +414,10 @@ class Registry:
         checks[index] = status
         if previous is status.state:
             # Same state: keep the record fresh; nothing DNS or a watcher sees moved.
-            self._services[service][instance_id] = before.with_changes(checks=tuple(checks))
+            after = before.with_changes(checks=tuple(checks))
+            self._services[service][instance_id] = after
+            # A first run in the state that was the default: no longer pending, now judged.
+            self._recount(before, after)
             return None
         return self._update(before, ChangeKind.HEALTH, checks=tuple(checks))
 
@@ -504,7 +508,7 @@ class Registry:
 
     def _delete(self, service: str, instance_id: str) -> None:
         instances = self._services[service]
-        del instances[instance_id]
+        self._count(instances.pop(instance_id), -1)
         self._touch(service, instance_id)
         if not instances:
             del self._services[service]
@@ -522,7 +526,12 @@ class Registry:
 
     def _put(self, instance: Instance, *, track_lease: bool = True) -> None:
         reg = instance.reg
-        self._services.setdefault(reg.service, {})[reg.id] = instance
+        instances = self._services.setdefault(reg.service, {})
+        replaced = instances.get(reg.id)
+        if replaced is not None:
+            self._count(replaced, -1)
+        instances[reg.id] = instance
+        self._count(instance, 1)
         self._touch(reg.service, reg.id)
         self._protos.setdefault(reg.service, Counter())[(reg.proto, bool(reg.tags))] += 1
         tags = self._tags.setdefault(reg.service, {})
@@ -530,6 +539,21 @@ class Registry:
             tags.setdefault(tag, set()).add(reg.id)
         if track_lease and instance.deadline is not None:
             heapq.heappush(self._leases, (instance.deadline, reg.service, reg.id))
+
+    def _count(self, instance: Instance, sign: int) -> None:
+        """Add (1) or take out (-1) ``instance`` from its service's panic counts."""
+        if instance.maintenance is not None or instance.pending:
+            return  # not judged: withdrawn on purpose, or its checks have not run
+        counts = self._verdicts.setdefault(instance.reg.service, [0, 0])
+        counts[0] += sign
+        if instance.served:
+            counts[1] += sign
+        if counts[0] <= 0:
+            del self._verdicts[instance.reg.service]
+
+    def _recount(self, before: Instance, after: Instance) -> None:
+        self._count(before, -1)
+        self._count(after, 1)
 
     def _unindex(self, instance: Instance) -> None:
         reg = instance.reg
@@ -564,6 +588,7 @@ class Registry:
         revision = self._bump(before.reg.service)
         after = before.with_changes(revision=revision, **fields)
         self._services[before.reg.service][before.reg.id] = after
+        self._recount(before, after)
         self._touch(before.reg.service, before.reg.id)
         return Change(kind, revision, before.reg.service, before.reg.id, before, after)
 

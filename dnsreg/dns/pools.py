@@ -90,22 +90,36 @@ class Pool:
         return self.base_rr + (min(self.id_lengths) if self.id_lengths else 1)
 
     def fill(self, instances: Collection[Instance]) -> None:
-        """An empty pool filled in bulk: list-speed passes, no call per instance."""
+        """An empty pool filled in bulk (see :meth:`extend`)."""
+        self.extend(list(instances))
+
+    def extend(self, instances: list[Instance]) -> None:
+        """Instances not in the pool yet, added in bulk: list-speed passes, no call per
+        instance when they share one priority (the common case)."""
+        if not instances:
+            return
         regs = [i.reg for i in instances]
-        priorities = {r.priority for r in regs}
-        if len(priorities) > 1:
+        priority = regs[0].priority
+        if any(r.priority != priority for r in regs):
             for instance in instances:
                 self.add(instance)
             return
-        if not regs:
-            return
-        group = Group(priorities.pop(), list(instances), [r.weight for r in regs])
-        group.at = dict(zip([r.id for r in regs], range(len(regs)), strict=True))
-        self.groups = [group]
-        self.count = len(regs)
-        self.ttls = Counter(r.dns_ttl for r in regs)
+        for group in self.groups:
+            if group.priority == priority:
+                break
+        else:
+            group = Group(priority)
+            self.groups.append(group)
+            self.groups.sort(key=lambda g: g.priority)
+        base = len(group.instances)
+        group.instances.extend(instances)
+        group.weights.extend([r.weight for r in regs])
+        group.at.update(zip([r.id for r in regs], range(base, base + len(regs)), strict=True))
+        group._cumulative = None
+        self.count += len(regs)
+        self.ttls.update([r.dns_ttl for r in regs])
         if self.by_id:
-            self.id_lengths = Counter(len(r.id) for r in regs)
+            self.id_lengths.update([len(r.id) for r in regs])
 
     def add(self, instance: Instance) -> None:
         reg = instance.reg

@@ -21,10 +21,11 @@ from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv6Address
 
-from dnsreg.core.model import Instance, Registration
+from dnsreg.core.model import Instance
 from dnsreg.core.names import Name
 from dnsreg.core.registry import Registry
 from dnsreg.dns.pools import Pool
+from dnsreg.dns.record_memo import RecordMemo
 from dnsreg.dns.records import (
     AAAA,
     ANY,
@@ -56,59 +57,14 @@ KEEP_RECORDS = 256
 # A material more writes behind than this is built again rather than patched.
 PATCH_LIMIT = 4096
 # Instances referenced by all cached material together: bounds memory on hostile key sets.
-DEFAULT_MAX_INSTANCES = 250_000
+# A 100 000-instance service needs a few materials at once (whole, DNS-SD, a tag).
+DEFAULT_MAX_INSTANCES = 600_000
 
 PoolKey = tuple[str, ...]
-RECORD_MEMO = 65536  # records remembered per (type, owner) of one material
 
 
 def _name_octets(name: Name) -> int:
     return sum(len(label) + 1 for label in name) + 1
-
-
-class RecordMemo:
-    """Records per instance that outlive a revision: a change rebuilds only what it touched.
-
-    One set per (service, type, owner, TTL, origin); an entry is reused while
-    its instance still carries the same registration object (a re-registration
-    makes a new one). At most ``RECORD_MEMO`` entries per set, more than one
-    reply can carry, and ``max_sets`` sets, least recently used out first.
-    """
-
-    def __init__(self, max_sets: int = 256, per_set: int = RECORD_MEMO) -> None:
-        self.max_sets = max_sets
-        self.per_set = per_set
-        self.sets: dict[tuple[object, ...], dict[str, tuple[Registration, Record]]] = {}
-
-    def records(
-        self,
-        key: tuple[object, ...],
-        chosen: Iterable[Instance],
-        make: Callable[[Instance], Record],
-    ) -> list[Record]:
-        sets = self.sets
-        memo = sets.pop(key, None)
-        if memo is None:
-            memo = {}
-            if len(sets) >= self.max_sets:
-                del sets[next(iter(sets))]
-        sets[key] = memo
-        out: list[Record] = []
-        append = out.append
-        get = memo.get
-        room = self.per_set - len(memo)
-        for i in chosen:
-            reg = i.reg
-            hit = get(reg.id)
-            if hit is not None and hit[0] is reg:
-                append(hit[1])
-                continue
-            record = make(i)
-            if hit is not None or room > 0:
-                memo[reg.id] = (reg, record)
-                room -= hit is None
-            append(record)
-        return out
 
 
 @dataclass(slots=True)
@@ -212,12 +168,7 @@ class Material:
         """The pool answering ``rtype`` (A: IPv4, AAAA: IPv6, SRV: all), built on first use."""
         found = self._pools.get(rtype)
         if found is None:
-            if rtype == SRV:
-                # Target: id.service.origin, uncompressed (RFC 2782); the shortest id counts.
-                base = RR_FIXED + SRV_FIXED + len(self.service) + 2 + _name_octets(self.origin)
-                found = Pool(base, by_id=True)
-            else:
-                found = Pool(RR_FIXED + RDATA_OCTETS.get(rtype, 0), by_id=False)
+            found = self._new_pool(rtype)
             members: Collection[Instance] = self.served.values()
             if rtype != SRV:
                 family = IPv4Address if rtype == A else IPv6Address
@@ -225,6 +176,13 @@ class Material:
             found.fill(members)
             self._pools[rtype] = found
         return found
+
+    def _new_pool(self, rtype: int) -> Pool:
+        if rtype == SRV:
+            # Target: id.service.origin, uncompressed (RFC 2782); the shortest id counts.
+            base = RR_FIXED + SRV_FIXED + len(self.service) + 2 + _name_octets(self.origin)
+            return Pool(base, by_id=True)
+        return Pool(RR_FIXED + RDATA_OCTETS.get(rtype, 0), by_id=False)
 
     def first_by_id(self, k: int) -> list[Instance]:
         """The ``k`` served instances whose ids sort first (sorted once, then kept sorted)."""
@@ -306,19 +264,26 @@ def draw_limit(pool: Pool, room: int, max_answers: int | None) -> int:
     return min(k, pool.count)
 
 
+def live(instance: Instance) -> bool:
+    """Served in panic mode: everything not withdrawn on purpose whose checks have run."""
+    return instance.maintenance is None and not instance.pending
+
+
 class MaterialCache:
     """Material per (service, pool key), valid while the service's revision stands.
 
     When the revision moved, the registry says which instances were written
     since (:meth:`Registry.touched_since`) and the material is patched with
     just those, given a ``member`` test for the key; without one, too far
-    behind, or with a panic threshold (the verdict is the whole service's) it
-    is built again. Bounded twice: in entries and in instances referenced,
-    oldest first (a dict keeps insertion order; a hit moves its entry to the end).
+    behind, or when the service's panic verdict flipped, it is built again.
+    Bounded twice: in entries and in instances referenced, oldest first (a dict
+    keeps insertion order; a hit moves its entry to the end).
     """
 
     def __init__(
-        self, max_entries: int = DEFAULT_MAX_ENTRIES, max_instances: int = DEFAULT_MAX_INSTANCES
+        self,
+        max_entries: int = DEFAULT_MAX_ENTRIES,
+        max_instances: int = DEFAULT_MAX_INSTANCES,
     ) -> None:
         self.max_entries = max_entries
         self.max_instances = max_instances
@@ -345,6 +310,7 @@ class MaterialCache:
         stamp = registry.service_revision(service)
         entries = self.entries
         cache_key = (service, key, origin)  # a zone and its alt_domain: one each
+        panic = registry.panics_now(service)
         found = entries.pop(cache_key, None)
         if found is not None:
             epoch = registry.epoch(service)
@@ -352,7 +318,7 @@ class MaterialCache:
                 entries[cache_key] = found
                 return found
             self.instances -= len(found.served)
-            if member is not None and registry.panic_threshold is None:
+            if member is not None and found.panic == panic:
                 touched = registry.touched_since(service, found.epoch)
                 if touched is not None and len(touched) <= PATCH_LIMIT:
                     self._patch(found, registry, service, touched, member)
@@ -363,29 +329,18 @@ class MaterialCache:
                     self.instances += len(found.served)
                     return found
         epoch = registry.epoch(service)
+        material = Material(stamp, {}, panic, origin, epoch, memo=self.memo, service=service)
         pool = candidates()
-        if pool is None:
-            served = registry.served(service)
-        elif registry.panic_threshold is None:
-            served = registry.served(service, pool, panic=False)
-        else:
-            # The panic verdict is the whole service's: take it from the service's own material.
-            whole = self.get(registry, service, (), lambda: None, origin)
-            served = registry.served(service, pool, panic=whole.panic)
-        material = Material(
-            stamp,
-            {i.reg.id: i for i in served.instances},
-            served.panic,
-            origin,
-            epoch,
-            memo=self.memo,
-            service=service,
-        )
+        served = registry.served(service, pool, panic=panic)
+        material.served = {i.reg.id: i for i in served.instances}
         self.builds += 1
-        self._make_room(len(material.served))
-        entries[cache_key] = material
-        self.instances += len(material.served)
+        self._install(cache_key, material)
         return material
+
+    def _install(self, cache_key: tuple[str, PoolKey, Name], material: Material) -> None:
+        self._make_room(len(material.served))
+        self.entries[cache_key] = material
+        self.instances += len(material.served)
 
     def sd(
         self, registry: Registry, service: str, proto: str, tag: str | None, origin: Name
@@ -420,7 +375,8 @@ class MaterialCache:
         for instance_id in touched:
             before = material.served.get(instance_id)
             now = registry.get(service, instance_id)
-            after = now if now is not None and member(now) and served_now(now) else None
+            keep = live if material.panic else served_now
+            after = now if now is not None and member(now) and keep(now) else None
             if before is not None or after is not None:
                 material.patch(before, after)
 

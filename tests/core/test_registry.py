@@ -202,3 +202,46 @@ def test_touched_since_names_the_instances_written_and_knows_when_it_cannot() ->
     registry.deregister("web", "c")
     registry.register(Registration("web", "d", address, 80, ttl=0), now=0.0)
     assert registry.touched_since("web", mark) is None, "the service went away meanwhile"
+
+
+def _judged_verdict(r: Registry, service: str) -> bool:
+    """The panic verdict the slow way: walk every instance (what the counts replace)."""
+    judged = served = 0
+    for i in r.instances(service).values():
+        if i.maintenance is None and not i.pending:
+            judged += 1
+            served += i.served
+    return r.panics(judged, served)
+
+
+def test_panic_verdict_counts_follow_every_kind_of_write(clock: FakeClock) -> None:
+    """Kept counts equal a walk of the service after 2 000 random writes of every kind,
+    staged-and-undone ones included (a failed commit)."""
+    import random
+
+    from dnsreg.core.model import Check, CheckStatus, Health
+
+    rng = random.Random(7)
+    r = Registry(panic_threshold=0.5)
+    check = (Check("tcp", "10.0.0.5:80"),)
+    for step in range(2000):
+        service = rng.choice(("a", "b"))
+        iid = f"i{rng.randrange(12)}"
+        existing = r.get(service, iid)
+        op = rng.randrange(6)
+        if op == 0 or existing is None:
+            r.register(reg(service, iid, checks=check if rng.random() < 0.7 else ()), clock())
+        elif op == 1:
+            r.deregister(service, iid)
+        elif op == 2:
+            r.set_maintenance(service, iid, rng.choice((None, "deploy")))
+        elif op in (3, 4) and existing.checks:
+            state = rng.choice((Health.PASSING, Health.WARNING, Health.CRITICAL))
+            r.set_check_status(service, iid, 0, CheckStatus(state=state, last_run=float(step)))
+        else:
+            r.stage()
+            change = r.deregister(service, iid)
+            r.unstage([change])
+        for name in ("a", "b"):
+            assert r.in_panic(name) == _judged_verdict(r, name), step
+            assert r.served(name).panic == r.in_panic(name)
