@@ -249,6 +249,12 @@ class Instance:
         return self.maintenance is None and self.health.served
 
     @property
+    def judged(self) -> bool:
+        """Its health is a finding: not withdrawn on purpose, and its checks have run.
+        What panic mode serves, and what the panic verdict counts."""
+        return self.maintenance is None and not self.pending
+
+    @property
     def pending(self) -> bool:
         """Some check has not run yet: its health is a default, not a finding."""
         return any(status.pending for status in self.checks)

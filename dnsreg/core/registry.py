@@ -176,11 +176,9 @@ class Registry:
         else:
             pool = list(candidates)
         if panic is None:
-            panic = self.panics_now(service)
+            panic = self.in_panic(service)
         if panic:
-            return ServedSet(
-                tuple(i for i in pool if i.maintenance is None and not i.pending), True
-            )
+            return ServedSet(tuple(i for i in pool if i.judged), True)
         return ServedSet(_healthy(pool), False)
 
     def panics(self, judged: int, served: int) -> bool:
@@ -193,9 +191,6 @@ class Registry:
         )
 
     def in_panic(self, service: str) -> bool:
-        return self.panics_now(service)
-
-    def panics_now(self, service: str) -> bool:
         """The whole service's panic verdict at this revision, from the kept counts."""
         if self.panic_threshold is None:
             return False
@@ -542,7 +537,7 @@ class Registry:
 
     def _count(self, instance: Instance, sign: int) -> None:
         """Add (1) or take out (-1) ``instance`` from its service's panic counts."""
-        if instance.maintenance is not None or instance.pending:
+        if not instance.judged:
             return  # not judged: withdrawn on purpose, or its checks have not run
         counts = self._verdicts.setdefault(instance.reg.service, [0, 0])
         counts[0] += sign

@@ -398,9 +398,7 @@ def _unhealthy(instance: Instance, now: float) -> list[Reason]:
 
 
 def _panic_reason(registry: Registry, service: str) -> Reason:
-    judged = [
-        i for i in registry.instances(service).values() if i.maintenance is None and not i.pending
-    ]
+    judged = [i for i in registry.instances(service).values() if i.judged]
     healthy = sum(i.served for i in judged)
     threshold = registry.panic_threshold or 0.0
     return Reason(

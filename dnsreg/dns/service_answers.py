@@ -264,11 +264,6 @@ def draw_limit(pool: Pool, room: int, max_answers: int | None) -> int:
     return min(k, pool.count)
 
 
-def live(instance: Instance) -> bool:
-    """Served in panic mode: everything not withdrawn on purpose whose checks have run."""
-    return instance.maintenance is None and not instance.pending
-
-
 class MaterialCache:
     """Material per (service, pool key), valid while the service's revision stands.
 
@@ -310,7 +305,7 @@ class MaterialCache:
         stamp = registry.service_revision(service)
         entries = self.entries
         cache_key = (service, key, origin)  # a zone and its alt_domain: one each
-        panic = registry.panics_now(service)
+        panic = registry.in_panic(service)
         found = entries.pop(cache_key, None)
         if found is not None:
             epoch = registry.epoch(service)
@@ -375,8 +370,9 @@ class MaterialCache:
         for instance_id in touched:
             before = material.served.get(instance_id)
             now = registry.get(service, instance_id)
-            keep = live if material.panic else served_now
-            after = now if now is not None and member(now) and keep(now) else None
+            # Panic mode serves every judged instance (Registry.served).
+            keep = now is not None and (now.judged if material.panic else served_now(now))
+            after = now if now is not None and keep and member(now) else None
             if before is not None or after is not None:
                 material.patch(before, after)
 
