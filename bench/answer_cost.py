@@ -29,9 +29,9 @@ from dnsreg.core.model import Registration
 from dnsreg.core.names import parse_name
 from dnsreg.core.registry import Registry
 from dnsreg.dns.answers import Question, Settings, answer
+from dnsreg.dns.material_cache import MaterialCache
 from dnsreg.dns.records import A
 from dnsreg.dns.responder import Responder
-from dnsreg.dns.service_answers import MaterialCache
 from dnsreg.dns.transfer import Journal
 from dnsreg.dns.zones import StaticZones
 

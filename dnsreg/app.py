@@ -28,8 +28,10 @@ from dnsreg.core.names import parse_name, to_text
 from dnsreg.core.preservation import ExpiryGuard
 from dnsreg.core.registry import Change, Registry
 from dnsreg.dns.answers import Settings, with_alt_domain
+from dnsreg.dns.deferred import Deferrals
 from dnsreg.dns.explain import explain, parse_question
 from dnsreg.dns.loop_lag import LoopLag, LoopLagCollector
+from dnsreg.dns.material_cache import INLINE_BUILD
 from dnsreg.dns.metrics import DnsGuardCollector, ResponderCollector
 from dnsreg.dns.notify import Notifier, Secondary
 from dnsreg.dns.responder import Responder
@@ -75,6 +77,7 @@ class Server:
         self.static = StaticZones()
         self.responder: Responder | None = None
         self.updater: Updater | None = None
+        self.deferrals: Deferrals | None = None
         self.dns: DnsServer | None = None
         self.loop_lag = LoopLag()
         self.gc = GcTuning()
@@ -156,6 +159,9 @@ class Server:
                 acting=self.auth.actors.acting,
             )
             self.responder.defer_updates = True
+            # A large service's material is built in slices, not inline (dns/material_cache).
+            self.responder.materials.budget = INLINE_BUILD
+            self.deferrals = Deferrals(self.responder, self.updater.handle)
             self.dns = DnsServer(
                 self.responder.respond,
                 idle_timeout=cfg.tcp_idle_timeout,
@@ -163,7 +169,7 @@ class Server:
                 stream_handler=self.responder.respond_tcp,
                 # Accepting in Python: a failed accept is counted and logged (http.accept).
                 listen=functools.partial(serve, name="DNS", failures=self.accept_failures),
-                deferred=self.updater.handle,
+                deferred=self.deferrals,
                 max_per_client=cfg.tcp_max_per_client,
                 limiter=(
                     RateLimiter(cfg.rate_limit, cfg.rate_limit_slip)
@@ -273,6 +279,8 @@ class Server:
             self.http_runner = None
         if self.dns is not None:
             await self.dns.close()
+            if self.deferrals is not None:
+                self.deferrals.close()
             self.dns = None
         if self.notifier is not None:
             await self.notifier.close()

@@ -18,6 +18,7 @@ from dnsreg.core.model import Instance
 from dnsreg.core.names import Name, is_subdomain, relative
 from dnsreg.core.registry import Registry
 from dnsreg.dns import dnssd
+from dnsreg.dns.material_cache import MaterialCache, PoolKey
 from dnsreg.dns.records import (
     AAAA,
     ANY,
@@ -40,8 +41,6 @@ from dnsreg.dns.records import (
 )
 from dnsreg.dns.service_answers import (
     Material,
-    MaterialCache,
-    PoolKey,
     draw_limit,
     everyone,
     reply_room,

@@ -60,6 +60,24 @@ class ResponderCollector(Collector):
             "dnsreg_dns_malformed", "Packets that did not parse as a query",
             value=responder.malformed,
         )  # fmt: skip
+        materials = responder.materials
+        builds = CounterMetricFamily(
+            "dnsreg_dns_material_builds",
+            "Answer material built from nothing, by how: inline, or in slices between "
+            "other work (a large service; its queries wait for it)",
+            labels=["how"],
+        )
+        builds.add_metric(["inline"], materials.builds - materials.sliced)
+        builds.add_metric(["sliced"], materials.sliced)
+        yield builds
+        yield CounterMetricFamily(
+            "dnsreg_dns_material_patches", "Answer material patched for a change of its service",
+            value=materials.patches,
+        )  # fmt: skip
+        yield GaugeMetricFamily(
+            "dnsreg_dns_material_instances", "Instances referenced by kept answer material",
+            value=materials.instances,
+        )  # fmt: skip
 
 
 class DnsGuardCollector(Collector):

@@ -1,9 +1,11 @@
 """From query bytes to reply bytes: decode, build the answer, encode. No sockets.
 
 The UDP and TCP servers hand every packet to :meth:`Responder.respond` and
-send back whatever it returns (``None``: send nothing). Replies to plain
-queries are cached as wire bytes (``answer_cache``); a miss goes through the
-pure answer builder and fills the cache.
+send back whatever it returns. ``None``: nothing to send now; the listener
+asks ``dns/deferred`` whether the message is answered later (a DNS UPDATE,
+or a query waiting for a large service's answer material, :attr:`pending`).
+Replies to plain queries are cached as wire bytes (``answer_cache``); a miss
+goes through the pure answer builder and fills the cache.
 """
 
 from __future__ import annotations
@@ -19,8 +21,8 @@ from dnsreg.core.names import to_text
 from dnsreg.core.registry import Registry
 from dnsreg.dns.answer_cache import AnswerCache, Entry, cache_key, scope_stamp, variants_for
 from dnsreg.dns.answers import Question, Reply, Scope, Settings, answer
+from dnsreg.dns.material_cache import Build, MaterialCache, MaterialPending
 from dnsreg.dns.records import AXFR, IXFR
-from dnsreg.dns.service_answers import MaterialCache
 from dnsreg.dns.tsig import Signer
 from dnsreg.dns.wire import (
     Malformed,
@@ -76,6 +78,13 @@ class Responder:
         # Set when the listeners hand UPDATE messages to dns/updater: such a message
         # is then answered with nothing here (the updater replies), not NOTIMP.
         self.defer_updates = False
+        # The build a query answered with None waits for (dns/deferred takes it at once).
+        self.pending: Build | None = None
+
+    def take_pending(self) -> Build | None:
+        """The build the last query answered with None is waiting for, if any."""
+        build, self.pending = self.pending, None
+        return build
 
     @property
     def static(self) -> StaticZones:
@@ -140,14 +149,19 @@ class Responder:
                 "answer cache miss: %s %s", to_text(query.qname),
                 dns.rdatatype.to_text(dns.rdatatype.RdataType.make(query.qtype)),
             )  # fmt: skip
-        reply = answer(
-            Question(query.qname, query.qtype, query.qclass, tcp),
-            self.registry,
-            self._static,
-            self.settings,
-            self.rng,
-            self.materials,
-        )
+        try:
+            reply = answer(
+                Question(query.qname, query.qtype, query.qclass, tcp),
+                self.registry,
+                self._static,
+                self.settings,
+                self.rng,
+                self.materials,
+            )
+        except MaterialPending as wait:
+            # A large service's material is being built in slices: answered once it is.
+            self.pending = wait.build
+            return None
         if self.stale and reply.scope != Scope.STATIC:
             # Zone-file answers do not come from the registry: they cannot be stale.
             reply = _mark_stale(reply)
@@ -182,14 +196,19 @@ class Responder:
         except Malformed as bad:
             self.built[(query.qtype, Rcode.NOTAUTH)] += 1
             return bad.reply
-        reply = answer(
-            Question(query.qname, query.qtype, query.qclass, tcp),
-            self.registry,
-            self._static,
-            self.settings,
-            self.rng,
-            self.materials,
-        )
+        try:
+            reply = answer(
+                Question(query.qname, query.qtype, query.qclass, tcp),
+                self.registry,
+                self._static,
+                self.settings,
+                self.rng,
+                self.materials,
+            )
+        except MaterialPending as wait:
+            # A large service's material is being built in slices: answered once it is.
+            self.pending = wait.build
+            return None
         # Leave room for the TSIG record the signature adds (name, algorithm, MAC).
         wire = encode_reply(query, reply, size_limit(query, tcp) - TSIG_ROOM)
         self.built[(query.qtype, wire[3] & 0xF)] += 1

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import logging
 import socket
 import sys
@@ -17,7 +18,6 @@ from typing import cast
 
 from dnsreg.dns import udp_batch as mmsg
 from dnsreg.dns.rrl import RateLimiter, Verdict, network_of_host, slip_reply
-from dnsreg.dns.wire import is_update
 
 log = logging.getLogger("dnsreg.dns")
 
@@ -27,13 +27,14 @@ StreamHandler = Callable[[bytes, str], bytes | list[bytes] | None]
 # (protocol factory, host, port) -> a listening server; the composition root may hand in
 # one that accepts in Python (failed accepts counted and logged); else the loop's own.
 Listen = Callable[[Callable[[], asyncio.Protocol], str, int], Awaitable[asyncio.AbstractServer]]
-# A message the handler answered with None that needs async work (a DNS UPDATE):
-# (data, client address) -> the reply, once the store has the change.
-Deferred = Callable[[bytes, str], Awaitable[bytes | None]]
+# Asked about a message the handler answered with None (dns/deferred): (data, client
+# address, tcp) -> what will answer it (a DNS UPDATE once the store has the change, a
+# query once its service's answer material is built), or None: nothing will.
+Deferred = Callable[[bytes, str, bool], Awaitable[bytes | None] | None]
 
 UDP_DRAIN = 64  # datagrams per wake-up before yielding to other work
-# UDP UPDATEs in flight at once; beyond that they are dropped (UDP may drop; clients
-# retry), so a flood of them cannot pile up tasks without bound.
+# UDP messages answered later in flight at once; beyond that they are dropped (UDP may
+# drop; clients retry), so a flood of them cannot pile up tasks without bound.
 MAX_DEFERRED = 256
 MAX_DATAGRAM = 65535
 
@@ -48,7 +49,7 @@ class UdpListener:
     ) -> None:
         self.handler = handler
         self.limiter = limiter  # response rate limiting; None: off, and free
-        # UPDATE messages (the handler returned None): answered from a task, off the hot path.
+        # Messages the handler returned None for: maybe answered from a task (dns/deferred).
         self.deferred = deferred
         self.sock: socket.socket | None = None
         self._batch: mmsg.BatchIO | None = None
@@ -88,22 +89,38 @@ class UdpListener:
             self._defer(data, address)
 
     def _defer(self, data: bytes, addr: tuple[str, int]) -> None:
-        """Answer ``data`` from a task if it is an UPDATE; anything else stays dropped."""
-        if self.deferred is None or not is_update(data) or len(self._tasks) >= MAX_DEFERRED:
+        """Answer ``data`` from a task if it is answered later at all; else it stays dropped."""
+        if self.deferred is None:
             return
-        task = asyncio.get_running_loop().create_task(self._answer_later(self.deferred, data, addr))
+        later = self.deferred(data, addr[0], False)
+        if later is None:
+            return
+        if len(self._tasks) >= MAX_DEFERRED:
+            if inspect.iscoroutine(later):
+                later.close()  # never started: nothing to undo
+            return
+        task = asyncio.get_running_loop().create_task(self._answer_later(later, addr))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _answer_later(self, deferred: Deferred, data: bytes, addr: tuple[str, int]) -> None:
+    async def _answer_later(self, later: Awaitable[bytes | None], addr: tuple[str, int]) -> None:
         try:
-            reply = await deferred(data, addr[0])
+            reply = await later
         except Exception:
-            log.exception("unexpected error answering a UDP update; dropped it")
+            log.exception("unexpected error answering a UDP message later; dropped it")
             return
-        if reply is not None and self.sock is not None:
-            with contextlib.suppress(OSError):
-                self.sock.sendto(reply, addr)
+        if reply is None or self.sock is None:
+            return
+        limiter = self.limiter
+        if limiter is not None:  # answered later, limited the same (RRL)
+            now = asyncio.get_running_loop().time()
+            verdict = limiter.check(network_of_host(addr[0]), now)
+            if verdict is Verdict.DROP:
+                return
+            if verdict is Verdict.SLIP:
+                reply = slip_reply(reply)
+        with contextlib.suppress(OSError):
+            self.sock.sendto(reply, addr)
 
     def _readable(self) -> None:
         sock = self.sock
@@ -179,7 +196,8 @@ class _TcpConnection(asyncio.Protocol):
         self.idle: asyncio.TimerHandle | None = None
         self.paused = False
         self.client = ""  # the peer's address: the per-client cap and zone-transfer ACLs
-        # An UPDATE being carried out: later messages wait in the buffer (replies stay in order).
+        # A message answered later (an UPDATE, a query waiting for a build): the messages
+        # after it wait in the buffer, so replies stay in order.
         self.waiting: asyncio.Task[None] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -232,13 +250,14 @@ class _TcpConnection(asyncio.Protocol):
                 log.exception("unexpected error answering a TCP query; closing the connection")
                 reply = None
             pos += 2 + length
-            if reply is None and self.listener.deferred is not None and is_update(message):
+            later = None
+            if reply is None and self.listener.deferred is not None:
+                later = self.listener.deferred(message, self.client, True)
+            if later is not None:
                 del buf[:pos]
                 if out:
                     transport.write(b"".join(out))
-                self.waiting = asyncio.get_running_loop().create_task(
-                    self._answer_later(self.listener.deferred, message)
-                )
+                self.waiting = asyncio.get_running_loop().create_task(self._answer_later(later))
                 return
             if reply is None:
                 # Not even a header: nothing sensible can follow on this stream.
@@ -263,11 +282,11 @@ class _TcpConnection(asyncio.Protocol):
         if self.listener.closing and not buf:
             transport.close()
 
-    async def _answer_later(self, deferred: Deferred, message: bytes) -> None:
+    async def _answer_later(self, later: Awaitable[bytes | None]) -> None:
         try:
-            reply = await deferred(message, self.client)
+            reply = await later
         except Exception:
-            log.exception("unexpected error answering a TCP update")
+            log.exception("unexpected error answering a TCP message later")
             reply = None
         self.waiting = None
         transport = self.transport

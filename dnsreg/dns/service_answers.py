@@ -2,7 +2,7 @@
 
 A service of 50 000 instances must not cost 50 000 records per query (SPEC
 §2 "Answers are bounded"). What a query on a service needs is computed once
-per revision of that service and kept in a :class:`MaterialCache`: the
+per revision of that service and kept (``material_cache``): the
 served instances (with the panic verdict), split by record family (A, AAAA,
 SRV) and grouped by priority, with cumulative weights for weighted sampling.
 A query then draws only as many instances as could fit in the largest reply
@@ -23,7 +23,6 @@ from ipaddress import IPv4Address, IPv6Address
 
 from dnsreg.core.model import Instance
 from dnsreg.core.names import Name
-from dnsreg.core.registry import Registry
 from dnsreg.dns.pools import Pool
 from dnsreg.dns.record_memo import RecordMemo
 from dnsreg.dns.records import (
@@ -47,20 +46,11 @@ RR_FIXED = 12
 RDATA_OCTETS = {A: 4, AAAA: 16}
 SRV_FIXED = 6  # priority, weight, port; the target is never compressed (RFC 2782)
 
-# Entries: a few per service (whole, tags, DNS-SD) for thousands of services.
-DEFAULT_MAX_ENTRIES = 16384
 # Weighted draws kept per (type, size) of one material, served in turn (as the answer
 # cache keeps shuffled variants of one reply): answers vary, memory stays bounded.
 DRAW_VARIANTS = 8
 # Draws longer than this keep their records (below it a memo lookup per record is cheap).
 KEEP_RECORDS = 256
-# A material more writes behind than this is built again rather than patched.
-PATCH_LIMIT = 4096
-# Instances referenced by all cached material together: bounds memory on hostile key sets.
-# A 100 000-instance service needs a few materials at once (whole, DNS-SD, a tag).
-DEFAULT_MAX_INSTANCES = 600_000
-
-PoolKey = tuple[str, ...]
 
 
 def _name_octets(name: Name) -> int:
@@ -165,7 +155,7 @@ class Material:
         return self.records(ANY, (), 0, instances, make)
 
     def pool(self, rtype: int) -> Pool:
-        """The pool answering ``rtype`` (A: IPv4, AAAA: IPv6, SRV: all), built on first use."""
+        """The pool answering ``rtype`` (A: IPv4, AAAA: IPv6, SRV: all)."""
         found = self._pools.get(rtype)
         if found is None:
             found = self._new_pool(rtype)
@@ -176,6 +166,35 @@ class Material:
             found.fill(members)
             self._pools[rtype] = found
         return found
+
+    def open_pools(self) -> None:
+        """Every pool, empty, so :meth:`extend` fills them as it goes (a built material)."""
+        for rtype in (A, AAAA, SRV):
+            self._pools.setdefault(rtype, self._new_pool(rtype))
+
+    def extend(self, instances: list[Instance]) -> None:
+        """Served instances not in the material yet, added in bulk (one slice of a build)."""
+        if not instances:
+            return
+        self.draws.clear()
+        self.built.clear()
+        self.kept.clear()
+        self.derived.clear()
+        self._by_id = None
+        self.served.update(zip([i.reg.id for i in instances], instances, strict=True))
+        pools = self._pools
+        if A in pools or AAAA in pools:
+            v4 = [i for i in instances if type(i.reg.address) is IPv4Address]
+            if A in pools:
+                pools[A].extend(v4)
+            if AAAA in pools:
+                pools[AAAA].extend(
+                    [i for i in instances if type(i.reg.address) is IPv6Address]
+                    if len(v4) < len(instances)
+                    else []
+                )
+        if SRV in pools:
+            pools[SRV].extend(instances)
 
     def _new_pool(self, rtype: int) -> Pool:
         if rtype == SRV:
@@ -262,124 +281,3 @@ def draw_limit(pool: Pool, room: int, max_answers: int | None) -> int:
     if max_answers is not None:
         k = min(k, max_answers)
     return min(k, pool.count)
-
-
-class MaterialCache:
-    """Material per (service, pool key), valid while the service's revision stands.
-
-    When the revision moved, the registry says which instances were written
-    since (:meth:`Registry.touched_since`) and the material is patched with
-    just those, given a ``member`` test for the key; without one, too far
-    behind, or when the service's panic verdict flipped, it is built again.
-    Bounded twice: in entries and in instances referenced, oldest first (a dict
-    keeps insertion order; a hit moves its entry to the end).
-    """
-
-    def __init__(
-        self,
-        max_entries: int = DEFAULT_MAX_ENTRIES,
-        max_instances: int = DEFAULT_MAX_INSTANCES,
-    ) -> None:
-        self.max_entries = max_entries
-        self.max_instances = max_instances
-        self.entries: dict[tuple[str, PoolKey, Name], Material] = {}
-        self.instances = 0
-        self.builds = 0
-        self.patches = 0
-        self.memo = RecordMemo()
-
-    def get(
-        self,
-        registry: Registry,
-        service: str,
-        key: PoolKey,
-        candidates: Callable[[], Iterable[Instance] | None],
-        origin: Name,
-        member: Callable[[Instance], bool] | None = None,
-    ) -> Material:
-        """The material of ``candidates`` (None: the whole service) of ``service``.
-
-        ``member``: whether an instance of the service is one of ``candidates``,
-        so a change can be patched in rather than the whole set asked again.
-        """
-        stamp = registry.service_revision(service)
-        entries = self.entries
-        cache_key = (service, key, origin)  # a zone and its alt_domain: one each
-        panic = registry.in_panic(service)
-        found = entries.pop(cache_key, None)
-        if found is not None:
-            epoch = registry.epoch(service)
-            if found.stamp == stamp and found.epoch == epoch:
-                entries[cache_key] = found
-                return found
-            self.instances -= len(found.served)
-            if member is not None and found.panic == panic:
-                touched = registry.touched_since(service, found.epoch)
-                if touched is not None and len(touched) <= PATCH_LIMIT:
-                    self._patch(found, registry, service, touched, member)
-                    found.stamp, found.epoch = stamp, epoch
-                    self.patches += 1
-                    self._make_room(len(found.served))
-                    entries[cache_key] = found
-                    self.instances += len(found.served)
-                    return found
-        epoch = registry.epoch(service)
-        material = Material(stamp, {}, panic, origin, epoch, memo=self.memo, service=service)
-        pool = candidates()
-        served = registry.served(service, pool, panic=panic)
-        material.served = {i.reg.id: i for i in served.instances}
-        self.builds += 1
-        self._install(cache_key, material)
-        return material
-
-    def _install(self, cache_key: tuple[str, PoolKey, Name], material: Material) -> None:
-        self._make_room(len(material.served))
-        self.entries[cache_key] = material
-        self.instances += len(material.served)
-
-    def sd(
-        self, registry: Registry, service: str, proto: str, tag: str | None, origin: Name
-    ) -> Material:
-        """Served instances of ``service`` over ``proto`` (with ``tag``), for DNS-SD names."""
-        if tag is None:
-            return self.get(
-                registry,
-                service,
-                ("sd", proto),
-                lambda: [i for i in registry.instances(service).values() if i.reg.proto == proto],
-                origin,
-                lambda i: i.reg.proto == proto,
-            )
-        return self.get(
-            registry,
-            service,
-            ("sd", proto, tag),
-            lambda: [i for i in registry.tagged(service, (tag,)) if i.reg.proto == proto],
-            origin,
-            lambda i: i.reg.proto == proto and tag in i.reg.tags,
-        )
-
-    @staticmethod
-    def _patch(
-        material: Material,
-        registry: Registry,
-        service: str,
-        touched: Iterable[str],
-        member: Callable[[Instance], bool],
-    ) -> None:
-        for instance_id in touched:
-            before = material.served.get(instance_id)
-            now = registry.get(service, instance_id)
-            # Panic mode serves every judged instance (Registry.served).
-            keep = now is not None and (now.judged if material.panic else served_now(now))
-            after = now if now is not None and keep and member(now) else None
-            if before is not None or after is not None:
-                material.patch(before, after)
-
-    def _make_room(self, incoming: int) -> None:
-        entries = self.entries
-        while entries and (
-            len(entries) >= self.max_entries or self.instances + incoming > self.max_instances
-        ):
-            oldest = next(iter(entries))
-            self.instances -= len(entries.pop(oldest).served)

@@ -29,8 +29,8 @@ from dnsreg.core.names import Name, is_subdomain
 from dnsreg.core.registry import Registry
 from dnsreg.dns.answers import Kind, Question, Settings, answer
 from dnsreg.dns.dnssd import SERVICES, SUB, type_name
+from dnsreg.dns.material_cache import MaterialCache
 from dnsreg.dns.records import AAAA, ANY, IN, NS, SOA, SRV, A, Record, SOAData
-from dnsreg.dns.service_answers import MaterialCache
 from dnsreg.dns.zones import StaticZones
 
 SERIAL_MOD = 2**32

@@ -17,9 +17,10 @@ from dnsreg.core.names import parse_name
 from dnsreg.core.registry import Registry
 from dnsreg.dns.answer_cache import VARIANTS, variants_for
 from dnsreg.dns.answers import Question, Settings, answer
+from dnsreg.dns.material_cache import MaterialCache
 from dnsreg.dns.records import AAAA, SRV, A
 from dnsreg.dns.responder import Responder
-from dnsreg.dns.service_answers import Material, MaterialCache
+from dnsreg.dns.service_answers import Material
 from dnsreg.dns.zones import StaticZones
 
 ORIGIN = parse_name("service.local")

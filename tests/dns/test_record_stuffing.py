@@ -19,7 +19,7 @@ import pytest_asyncio
 
 from dnsreg.app import Server
 from dnsreg.core.model import Registration
-from tests.helpers import make_config, start_server, tcp_raw, udp_raw
+from tests.helpers import make_config, read_frame, start_server, tcp_raw, udp_raw
 
 ZONE = "service.local"
 # Loose enough for a loaded 2-core machine shared by many jobs (the real figure, ~35 ms
@@ -131,3 +131,38 @@ async def test_other_services_are_answered_meanwhile(stuffed: tuple[Server, int]
 
     await asyncio.wait_for(asyncio.gather(others(), stuffing()), 60)
     assert slowest < OTHERS_WITHIN, f"a small service waited {slowest * 1000:.0f} ms"
+
+
+async def test_a_cold_huge_service_is_answered_after_its_sliced_build_in_order(
+    stuffed: tuple[Server, int],
+) -> None:
+    """Nothing built yet (as after a start): the big service's material is built in
+    slices. UDP queries that arrive meanwhile are all answered once it is; on one TCP
+    connection, a small service's query pipelined behind a big one is answered after it."""
+    server, _count = stuffed
+    port = server.dns_port
+    responder = server.responder
+    assert responder is not None
+    responder.materials.entries.clear()
+    responder.materials.instances = 0
+    responder.cache.clear()
+    sliced_before = responder.materials.sliced
+    big = [dns.message.make_query(f"big.{ZONE}", t, use_edns=0) for t in ("A", "SRV", "AAAA")]
+    small = dns.message.make_query(f"small.{ZONE}", "A", use_edns=0)
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        for q in (big[0], small, big[1]):
+            wire = q.to_wire()
+            writer.write(len(wire).to_bytes(2, "big") + wire)
+        udp = [ask(port, t, tcp=False) for t in ("A", "SRV", "AAAA", "A", "SRV")]
+        replies = await asyncio.wait_for(asyncio.gather(*udp), 30)
+        frames = [await read_frame(reader, 30) for _ in range(3)]
+    finally:
+        writer.close()
+    assert responder.materials.sliced > sliced_before, "the build ran in slices"
+    assert all(sum(len(r) for r in m.answer) > 0 for m in replies)
+    got = [dns.message.from_wire(f or b"") for f in frames]
+    assert [m.id for m in got] == [big[0].id, small.id, big[1].id], "in the order asked"
+    assert len(got[1].answer[0]) == 3
+    assert sum(len(r) for r in got[0].answer) > 1_000
+    assert all(r.rdtype == dns.rdatatype.SRV for r in got[2].answer)
