@@ -161,6 +161,11 @@ class Server:
             self.responder.defer_updates = True
             # A large service's material is built in slices, not inline (dns/material_cache).
             self.responder.materials.budget = INLINE_BUILD
+            # What queries keep is frozen in bulk like the rest: a memo entry is three
+            # objects (entry, record, its data); a material's reference about a quarter
+            # of one, for what a full collection spends walking it.
+            materials = self.responder.materials
+            self.gc.watch(lambda: materials.memo.held * 3 + materials.instances // 4)
             self.deferrals = Deferrals(self.responder, self.updater.handle)
             self.dns = DnsServer(
                 self.responder.respond,

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from dnsreg.gc_tuning import GcTuning
+from dnsreg.gc_tuning import BULK_MADE, GcTuning
 from tests.helpers import Running, async_wait_until
 
 
@@ -69,6 +69,36 @@ async def test_a_slow_full_collection_after_changes_freezes_at_once(unfrozen: No
         assert _full_collection(tuning) > tuning.refreeze_over
         await async_wait_until(lambda: tuning.freezes == 1)
         assert tuning.frozen >= len(alive)
+    finally:
+        tuning.stop()
+
+
+async def test_objects_queries_keep_are_frozen_once_they_grew_by_a_burst(
+    unfrozen: None,
+) -> None:
+    """Answer records a crowd of queries built (no registry change): frozen in bulk too,
+    counted from the last freeze; evictions move the baseline down, not the count up."""
+    kept = [0]
+    tuning = GcTuning(check_every=0.01)
+    tuning.watch(lambda: kept[0])
+    tuning.start()
+    try:
+        kept[0] = BULK_MADE - 1
+        for _ in range(2):
+            tuning._quiet_changes = -1
+            await async_wait_until(lambda: tuning._quiet_changes == 0)
+        assert tuning.freezes == 0
+        kept[0] = BULK_MADE
+        await async_wait_until(lambda: tuning.freezes == 1)
+        kept[0] = 10  # evicted
+        tuning._quiet_changes = -1
+        await async_wait_until(lambda: tuning._quiet_changes == 0)
+        kept[0] = 10 + BULK_MADE - 1
+        tuning._quiet_changes = -1
+        await async_wait_until(lambda: tuning._quiet_changes == 0)
+        assert tuning.freezes == 1
+        kept[0] = 10 + BULK_MADE
+        await async_wait_until(lambda: tuning.freezes == 2)
     finally:
         tuning.stop()
 

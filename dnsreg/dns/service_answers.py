@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import bisect
 import random
-from collections.abc import Callable, Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv6Address
 
@@ -101,7 +101,7 @@ class Material:
         rtype: int,
         owner: Name,
         ttl: int,
-        chosen: Iterable[Instance],
+        chosen: Collection[Instance],
         make: Callable[[Instance], Record],
     ) -> list[Record]:
         """The records of ``chosen`` (``make`` builds one), reused while they stand."""

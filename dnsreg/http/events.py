@@ -42,7 +42,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _ShareKey = tuple[str, tuple[tuple[str, str], ...]]
 SHARE_FOR = 0.5  # seconds a rendered blocking answer may be handed to other waiters
 SHARE_MAX = 1024  # rendered answers kept at once
-WAKE_SLICE = 32  # waiters woken per turn of the loop (each renders its answer, ~0.3 ms)
+WAKE_SLICE = 16  # waiters woken per turn of the loop (each renders its answer, ~0.3 ms)
 FRAMES_PER_WRITE = 500  # SSE frames encoded between two yields of the loop (~5 ms)
 
 

@@ -11,12 +11,13 @@ import dns.message
 import dns.rdatatype
 import pytest
 
-from dnsreg.core.model import Check, CheckStatus, Health, Registration
+from dnsreg.core.model import Check, CheckStatus, Health, Instance, Registration
 from dnsreg.core.names import parse_name
 from dnsreg.core.registry import Registry
 from dnsreg.dns.answers import Settings
 from dnsreg.dns.material_cache import Build, MaterialCache, MaterialPending
-from dnsreg.dns.records import AAAA, SRV, A
+from dnsreg.dns.record_memo import RecordMemo
+from dnsreg.dns.records import AAAA, SRV, A, Record, address_record
 from dnsreg.dns.responder import Responder
 from dnsreg.dns.service_answers import everyone
 from dnsreg.dns.zones import StaticZones
@@ -176,3 +177,31 @@ def test_the_responder_answers_none_and_names_the_build_then_answers() -> None:
     registry.register(Registration("small", "a", address(1), 80, ttl=0), now=0.0)
     small = dns.message.make_query("small.service.local", "A").to_wire()
     assert responder.respond(small, tcp=False) is not None
+
+
+def test_the_record_memo_is_bounded_in_all_its_sets_together() -> None:
+    """Many names of one big service (tags, say), each answered with a long draw, must not
+    multiply the per-set bound: the oldest sets give theirs up."""
+    registry = registry_of(4_000)
+    instances = list(registry.instances("big").values())
+    memo = RecordMemo(max_sets=64, per_set=2_000, total=5_000)
+    for n in range(20):
+        chosen = instances[n * 100 : n * 100 + 1_500]
+        records = memo.records(("big", A, (f"t{n}", *ORIGIN)), chosen, lambda i, n=n: _record(i, n))
+        assert [r.rdata.text() for r in records] == [str(i.reg.address) for i in chosen]
+        assert memo.held == sum(len(s) for s in memo.sets.values()) <= 5_000
+    assert len(memo.sets) == 3
+    # The newest set is kept whole: asked again, nothing is built afresh.
+    built = 0
+
+    def count(i: Instance) -> Record:
+        nonlocal built
+        built += 1
+        return _record(i, 19)
+
+    memo.records(("big", A, ("t19", *ORIGIN)), instances[1_900:3_400], count)
+    assert built == 0
+
+
+def _record(instance: Instance, n: int) -> Record:
+    return address_record((f"t{n}", *ORIGIN), A, 0, instance.reg.address)
