@@ -51,6 +51,7 @@ from dnsreg.dns.settings import with_alt_domain as with_alt_domain
 from dnsreg.dns.zones import StaticZone, StaticZones
 
 MAX_CNAME_CHAIN = 8
+WHOLE_ROOM = 2**62  # a zone transfer's "reply": every record
 EDE_OTHER = 0  # RFC 8914 §4.1
 
 
@@ -80,6 +81,11 @@ class Question:
     qtype: int
     qclass: int = IN
     tcp: bool = False  # ANY gets a minimal reply over UDP only (RFC 8482 §4.1)
+    # A zone transfer's view (dns/transfer): every served record, not a reply-sized
+    # draw, and no max_answers (RFC 5936 §2.2: the whole zone); with ``members``, only
+    # the records of those instances, which is how one change is journaled in O(change).
+    whole: bool = False
+    members: frozenset[str] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +100,11 @@ class Reply:
     # Answer records the data holds for this question (0: just those in ``answer``).
     # More than the answer carries: the encoder says "N of M" when it sends fewer.
     available: int = 0
+    # Whole-zone questions only: the instance each answer record comes from ("" for
+    # none), and each instance-made RRset's (type, TTL): a TTL is the smallest of all
+    # members' (RFC 2181 §5.2), so one that moved changes every record of the RRset.
+    sources: tuple[str, ...] = ()
+    ttls: tuple[tuple[int, int], ...] = ()
 
 
 @dataclass(slots=True)
@@ -104,6 +115,8 @@ class _Builder:
     additional: list[Record] = field(default_factory=list)
     ede: list[tuple[int, str]] = field(default_factory=list)
     available: int = 0
+    sources: list[str] = field(default_factory=list)
+    ttls: list[tuple[int, int]] = field(default_factory=list)
 
 
 def answer(
@@ -134,7 +147,9 @@ def answer(
             settings = alt
             break
     memo = materials if materials is not None else MaterialCache()
-    reply = _Lookup(registry, static, settings, rng, q.tcp, memo).resolve(q.name, q.qtype)
+    lookup = _Lookup(registry, static, settings, rng, q.tcp, memo)
+    lookup.whole, lookup.members = q.whole, q.members
+    reply = lookup.resolve(q.name, q.qtype)
     if q.qclass == ANY and reply.authoritative:
         # QCLASS * asks for every class (RFC 1035 §3.2.5); we are authoritative for
         # class IN only, so the reply cannot claim to be complete: no AA bit.
@@ -158,6 +173,12 @@ class _Lookup:
         self.rng = rng
         self.tcp = tcp
         self.materials = materials
+        self.whole = False  # Question.whole: a zone transfer's view
+        self.members: frozenset[str] | None = None
+
+    def _room(self) -> int:
+        """Octets the answer may fill: the largest reply's, or no limit for a transfer."""
+        return WHOLE_ROOM if self.whole else reply_room(self.tcp)
 
     # --------------------------------------------------------------- routing
     def resolve(self, qname: Name, qtype: int) -> Reply:
@@ -183,8 +204,11 @@ class _Lookup:
         if reg.has_service(service):
             return self._service_node(service, rel[:-1], qname, qtype)
         if rel[-1] in dnssd.PROTOS:
-            room = reply_room(self.tcp)
-            sd = dnssd.lookup(rel, reg, s.origin, self._sd_material, room, srv_only=qtype == SRV)
+            sd = dnssd.lookup(
+                rel, reg, s.origin, self._sd_material, self._room(),
+                srv_only=qtype == SRV and not self.whole,
+                whole=self.whole, members=self.members,
+            )  # fmt: skip
             if sd is not None:
                 return self._dnssd(sd, qname, qtype)
         if s.rfc2782_tags and len(rel) == 2 and rel[0][:1] == rel[1][:1] == "_":
@@ -281,7 +305,7 @@ class _Lookup:
             b.ede.append((EDE_OTHER, f"panic threshold: serving every live instance of {service}"))
         cap = self.settings.max_answers
         # Octets left in the largest reply: ANY draws only what could still fit.
-        room = reply_room(self.tcp)
+        room = self._room()
 
         def has(rtype: int) -> bool:
             if rtype == TXT:
@@ -300,6 +324,13 @@ class _Lookup:
             pool = material.pool(rtype)
             if not pool.count:
                 continue
+            if self.whole:
+                # The whole RRset (or its members' part), and the TTL that goes with it.
+                chosen = material.every(rtype, self.members)
+                b.answer.extend(material.answer_records(chosen, rtype, qname, pool.ttl))
+                b.sources.extend(i.reg.id for i in chosen)
+                b.ttls.append((rtype, pool.ttl))
+                continue
             chosen = material.draw(rtype, draw_limit(pool, room, cap), self.rng)
             room -= len(chosen) * pool.min_rr
             b.available += pool.count if cap is None else min(cap, pool.count)
@@ -307,7 +338,8 @@ class _Lookup:
             if rtype == SRV:
                 b.additional.extend(material.target_addresses(chosen))
         if not b.answer:
-            return self._negative(Kind.NODATA, ede=b.ede)
+            # A transfer asking for some members' part still learns the RRsets' TTLs.
+            return replace(self._negative(Kind.NODATA, ede=b.ede), ttls=tuple(b.ttls))
         # One address record per distinct instance target: nothing to deduplicate.
         return self._reply(Kind.ANSWER, b, scope=service, unique=True)
 
@@ -325,7 +357,13 @@ class _Lookup:
         )
         chosen = self._any(sd.rrsets) if qtype == ANY else list(sd.rrsets.get(qtype, ()))
         if not chosen:
-            return self._negative(Kind.NODATA, ede=b.ede)
+            return replace(self._negative(Kind.NODATA, ede=b.ede), ttls=sd.ttls)
+        if self.whole:
+            # Same order as _any over TCP: every RRset, in the order the name holds them.
+            for rtype in sd.rrsets if qtype == ANY else (qtype,):
+                count = len(sd.rrsets.get(rtype, ()))
+                b.sources.extend(sd.sources.get(rtype, ("",) * count)[:count])
+            b.ttls.extend(sd.ttls)
         b.answer.extend(chosen)
         b.additional.extend(sd.additional)
         b.available = sd.available if len(chosen) == len(sd.rrsets.get(qtype, ())) else 0
@@ -525,6 +563,8 @@ class _Lookup:
             ede=tuple(b.ede),
             scope=scope,
             available=max(b.available, len(b.answer)),
+            sources=tuple(b.sources),
+            ttls=tuple(b.ttls),
         )
 
 

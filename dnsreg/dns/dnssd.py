@@ -69,6 +69,10 @@ class SdAnswer:
     srv: tuple[str, Material] | None = None
     panic: tuple[str, ...] = field(default=())
     available: int = 0
+    # Whole-zone lookups only (answers.Question.whole): per type, the instance id of
+    # each record; and each RRset's (type, TTL).
+    sources: Mapping[int, tuple[str, ...]] = field(default_factory=dict)
+    ttls: tuple[tuple[int, int], ...] = ()
 
 
 def type_name(service: str, proto: str, origin: Name) -> Name:
@@ -102,11 +106,15 @@ def lookup(
     room: int,
     *,
     srv_only: bool = False,
+    whole: bool = False,
+    members: frozenset[str] | None = None,
 ) -> SdAnswer | None:
     """The DNS-SD content of ``rel`` (relative to ``origin``); None: no such DNS-SD name.
 
     ``room``: octets the answer may fill; a browse name carries no more PTRs than fit.
     ``srv_only``: the question is SRV; ``_<svc>._<proto>`` then needs only its material.
+    ``whole``: a zone transfer's view: a browse name holds every served instance (of
+    ``members`` only, when given), with each record's source.
     """
     if rel == SERVICES:
         return _services(registry, origin, served_of)
@@ -126,6 +134,8 @@ def lookup(
         material = served_of(service, proto, None)
         if srv_only:
             return SdAnswer({}, service=service, srv=(service, material))
+        if whole:
+            return _whole_browse(owner, service, material, origin, members, srv=True)
         return _browse(owner, service, material, origin, room, srv=True)
     if len(rel) == 3 and rel[0] == SUB:
         if registry.has_proto(service, proto, tagged=True):
@@ -154,6 +164,8 @@ def lookup(
             i.reg.proto == proto for i in registry.tagged(service, (tag,))
         ):
             return None
+        if whole:
+            return _whole_browse(owner, service, material, origin, members, srv=False)
         return _browse(owner, service, material, origin, room, srv=False)
     return None
 
@@ -207,6 +219,43 @@ def _browse(
     )
     material.derived[key] = built
     return built
+
+
+def _whole_browse(
+    owner: Name,
+    service: str,
+    material: Material,
+    origin: Name,
+    members: frozenset[str] | None,
+    *,
+    srv: bool,
+) -> SdAnswer:
+    """A browse name as a zone transfer holds it: a PTR (and SRV) per served instance."""
+    panic = (service,) if material.panic else ()
+    if not material.count:
+        return SdAnswer({}, service=service, panic=panic)
+    if members is None:
+        instances = material.first_by_id(material.count)
+    else:
+        served = material.served
+        instances = [served[i] for i in sorted(members) if i in served]
+    ttl = material.pool(SRV).ttl  # RFC 2181 §5.2, as _browse
+    ids = tuple(i.reg.id for i in instances)
+    rrsets: dict[int, tuple[Record, ...]] = {
+        PTR: tuple(Record(owner, PTR, ttl, Target(instance_name(i, origin))) for i in instances)
+    }
+    sources = {PTR: ids}
+    ttls = [(PTR, ttl)]
+    if srv:
+        rrsets[SRV] = tuple(
+            Record(owner, SRV, ttl, _srv(owner, i, origin).rdata) for i in instances
+        )
+        sources[SRV] = ids
+        ttls.append((SRV, ttl))
+    return SdAnswer(
+        rrsets, service=service, panic=panic, available=len(instances),
+        sources=sources, ttls=tuple(ttls),
+    )  # fmt: skip
 
 
 def _services(registry: Registry, origin: Name, served_of: ServedOf) -> SdAnswer:

@@ -210,6 +210,13 @@ class Material:
         served = self.served
         return [served[i] for i in self._by_id[:k]]
 
+    def every(self, rtype: int, members: frozenset[str] | None = None) -> list[Instance]:
+        """Every instance of the ``rtype`` pool (a zone transfer's RRset), or of ``members``."""
+        if members is None:
+            return [i for group in self.pool(rtype).groups for i in group.instances]
+        served = self.served
+        return [served[i] for i in sorted(members) if i in served and _answers(rtype, served[i])]
+
     def draw(self, rtype: int, k: int, rng: random.Random) -> list[Instance]:
         """A weighted draw of ``k`` from the ``rtype`` pool: one of a few kept per revision."""
         kept = self.draws.setdefault((rtype, k), [])

@@ -9,10 +9,18 @@ with their NS and glue. The SOA serial is the revision (mod 2^32).
 The zone is kept in parts: one per service (the names under ``<svc>.Z`` and
 its DNS-SD names) and one for the rest (apex, ``ns.Z``, static names,
 ``_services._dns-sd._udp.Z``). :meth:`Journal.observe` recomputes only the
-parts whose revision moved, so a change to one service costs that service,
-and records the difference as one journal entry (RFC 1995 §4 "incremental
-transfer" data). The journal keeps ``limit`` revisions; an IXFR from further
-back falls back to a full transfer.
+parts whose revision moved, and records the difference as one journal entry
+(RFC 1995 §4 "incremental transfer" data).
+
+A transfer carries whole RRsets (``Question.whole``), not the reply-sized draw
+a query gets: a 50 000-instance service's name holds 50 000 records. So the
+names many instances make records at (the service, its tags, its DNS-SD
+types) keep each instance's records apart (:class:`_Shared`), and a change
+asks the builder for the changed instances' part alone: it costs the
+instances it touched, unless an RRset's TTL moved (RFC 2181 §5.2: the
+smallest of all members'), which changes every record of it. The journal
+keeps ``limit`` revisions; an IXFR from further back falls back to a full
+transfer.
 
 Not transferred: tag *intersections* (``<t2>.<t1>.<svc>.Z``), which DNS
 computes for any combination asked; each single tag's name is transferred.
@@ -21,13 +29,13 @@ computes for any combination asked; each single tag's name is transferred.
 from __future__ import annotations
 
 import random
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from dnsreg.core.names import Name, is_subdomain
 from dnsreg.core.registry import Registry
-from dnsreg.dns.answers import Kind, Question, Settings, answer
+from dnsreg.dns.answers import Kind, Question, Reply, Settings, answer
 from dnsreg.dns.dnssd import SERVICES, SUB, type_name
 from dnsreg.dns.material_cache import MaterialCache
 from dnsreg.dns.records import AAAA, ANY, IN, NS, SOA, SRV, A, Record, SOAData
@@ -61,6 +69,34 @@ class Diff:
     added: tuple[Record, ...]
 
 
+@dataclass(slots=True)
+class _Shared:
+    """A name many instances make records at: each one's part, and the records counted
+    (two instances at one address make one A record: it goes when the last one does)."""
+
+    ttls: tuple[tuple[int, int], ...] = ()
+    by_id: dict[str, tuple[Record, ...]] = field(default_factory=dict)
+    counts: Counter[Record] = field(default_factory=Counter)
+
+    def put(
+        self, source: str, records: tuple[Record, ...], gone: set[Record], new: set[Record]
+    ) -> None:
+        """``source``'s part is now ``records``: what left the name goes in ``gone``,
+        what came to it in ``new``."""
+        counts = self.counts
+        for record in self.by_id.pop(source, ()):
+            counts[record] -= 1
+            if not counts[record]:
+                del counts[record]
+                gone.add(record)
+        if records:
+            self.by_id[source] = records
+        for record in records:
+            if not counts[record]:
+                new.add(record)
+            counts[record] += 1
+
+
 class Journal:
     """The current zone, by part and name, and the differences of the last ``limit`` revisions."""
 
@@ -89,6 +125,8 @@ class Journal:
         self._own: dict[str, dict[str, tuple[Name, ...]]] = {}
         # service → its shared names (service, tags, DNS-SD types) at the last observe.
         self._shared: dict[str, set[Name]] = {}
+        # The shared names kept per instance (all but a tag that is also an instance's id).
+        self._parts: dict[Name, _Shared] = {}
         self._epochs: dict[str, int] = {}  # service → registry.epoch() at the last observe
         # service → what ``_services._dns-sd._udp`` says of it (RFC 6763 §9): the rest of
         # the zone is asked again only when one of these moves, not on every change.
@@ -105,6 +143,8 @@ class Journal:
         for nodes in self._nodes.values():
             for records in nodes.values():
                 yield from records
+        for part in self._parts.values():
+            yield from part.counts
 
     def soa_at(self, revision: int) -> Record:
         assert isinstance(self.soa.rdata, SOAData)
@@ -169,9 +209,14 @@ class Journal:
 
         live = set(registry.services())
         rest_moved = _REST not in self._nodes
-        for gone in [p for p in self._nodes if p != _REST and p not in live]:
-            for records in self._nodes.pop(gone).values():
+        known = {p for p in self._nodes if p != _REST} | set(self._part_revision)
+        for gone in [p for p in known if p not in live]:
+            for records in self._nodes.pop(gone, {}).values():
                 deleted.update(records)
+            for name in self._shared.get(gone, ()):
+                part = self._parts.pop(name, None)
+                if part is not None:
+                    deleted.update(part.counts)
             self._part_revision.pop(gone, None)
             self._own.pop(gone, None)
             self._panic.pop(gone, None)
@@ -189,7 +234,8 @@ class Journal:
                 ids = registry.touched_since(service, self._epochs[service])
             if ids is None:
                 ids = touched.get(service)
-            if ids is None or self._panic.get(service) != panic:
+            every = ids is None or self._panic.get(service) != panic
+            if ids is None or every:
                 ids = set(self._own.get(service, {})) | set(registry.instances(service))
             own = self._own.setdefault(service, {})
             for instance_id in ids:
@@ -198,10 +244,14 @@ class Journal:
                 if names:
                     own[instance_id] = names
                 update(service, set(old_names) | set(names))
+            # Shared names are kept per instance (no tag equals an instance's id: the
+            # registry refuses that, so none of these is also an instance's own name).
             shared = set(self._shared_names(service))
-            # A shared name no longer shared (its tag gone) is asked once more: it may
-            # still be an instance's name, or hold nothing now and go.
-            update(service, shared | (self._shared.get(service, set()) - shared))
+            for name in shared:
+                self._update_part(name, None if every else frozenset(ids), deleted, added)
+            unshared = self._shared.get(service, set()) - shared
+            for name in unshared & self._parts.keys():
+                deleted.update(self._parts.pop(name).counts)
             self._shared[service] = shared
             self._part_revision[service] = registry.service_revision(service)
             self._epochs[service] = registry.epoch(service)
@@ -214,7 +264,45 @@ class Journal:
             rest = list(self._rest_names())
             update(_REST, rest, set(rest))
         self._static_seen = self.static
+        # A record that went and came back in one refresh (an instance registered again
+        # unchanged) never left the zone.
+        both = deleted & added
+        deleted -= both
+        added -= both
         return tuple(sorted(deleted, key=_order)), tuple(sorted(added, key=_order))
+
+    def _update_part(
+        self, name: Name, ids: frozenset[str] | None, deleted: set[Record], added: set[Record]
+    ) -> None:
+        """Bring the kept name ``name`` up to date: ``ids``' parts (None: all of it)."""
+        part = self._parts.get(name)
+        if part is not None and ids is not None:
+            reply = self._ask(name, ids)
+            if reply.ttls == part.ttls:
+                for source, records in _by_source(name, reply).items():
+                    part.put(source, records, deleted, added)
+                for source in ids:
+                    if source not in reply.sources:
+                        part.put(source, (), deleted, added)
+                if not part.counts:
+                    del self._parts[name]
+                return
+        # New, asked whole, or an RRset's TTL moved: the name is asked again whole.
+        reply = self._ask(name, None)
+        fresh = _Shared(reply.ttls)
+        for source, records in _by_source(name, reply).items():
+            fresh.put(source, records, set(), set())
+        old = part.counts if part is not None else Counter()
+        deleted.update(r for r in old if r not in fresh.counts)
+        added.update(r for r in fresh.counts if r not in old)
+        if fresh.counts or fresh.ttls:
+            self._parts[name] = fresh
+        else:
+            self._parts.pop(name, None)
+
+    def _ask(self, name: Name, members: frozenset[str] | None) -> Reply:
+        q = Question(name, ANY, IN, tcp=True, whole=True, members=members)
+        return answer(q, self.registry, self.static, self.settings, self._rng, self._materials)
 
     def _current_soa(self) -> Record:
         """The apex SOA exactly as DNS answers it (serial = revision)."""
@@ -270,9 +358,8 @@ class Journal:
             yield from sorted(n for n in zone.nodes if n != origin)
 
     def _collect(self, name: Name) -> Iterator[Record]:
-        """What DNS serves at ``name``: the builder's answer to ANY over TCP."""
-        q = Question(name, ANY, IN, tcp=True)
-        reply = answer(q, self.registry, self.static, self.settings, self._rng, self._materials)
+        """What DNS serves at ``name``: the builder's answer to ANY over TCP, whole."""
+        reply = self._ask(name, None)
         if reply.kind is Kind.ANSWER:
             for record in reply.answer:
                 if record.owner == name and record.rtype != SOA:
@@ -285,6 +372,17 @@ class Journal:
             for record in reply.additional:
                 if record.rtype in (A, AAAA) and is_subdomain(record.owner, self.settings.origin):
                     yield record
+
+
+def _by_source(name: Name, reply: Reply) -> dict[str, tuple[Record, ...]]:
+    """The answer records at ``name`` grouped by the instance each comes from."""
+    out: dict[str, list[Record]] = {}
+    if reply.kind is Kind.ANSWER:
+        sources = reply.sources or ("",) * len(reply.answer)
+        for record, source in zip(reply.answer, sources, strict=True):
+            if record.owner == name and record.rtype != SOA:
+                out.setdefault(source, []).append(record)
+    return {source: tuple(records) for source, records in out.items()}
 
 
 def _order(record: Record) -> tuple[tuple[str, ...], int, str]:

@@ -6,6 +6,7 @@ import asyncio
 import ipaddress
 import random
 import time
+from collections import Counter
 
 import dns.flags
 import dns.message
@@ -196,3 +197,36 @@ def test_journal_diffs_are_the_difference_of_two_full_snapshots() -> None:
         assert diff.to_revision == r.revision
         assert (set(diff.deleted), set(diff.added)) == (before - now, now - before), step
         before = now
+
+
+def test_a_transfer_carries_whole_rrsets_and_a_change_journals_only_its_records() -> None:
+    """A service larger than any reply: its zone holds every record (not a reply-sized
+    draw), one change is journaled as that instance's records alone, and a TTL that
+    moves the RRset's minimum changes every record of the RRset (RFC 2181 §5.2)."""
+    r = Registry()
+    count = 6_000  # more A records than a 64 KiB reply holds (4 096)
+    for n in range(count):
+        r.register(reg("big", f"i{n}", f"10.1.{n >> 8}.{n & 255}", dns_ttl=30), 0.0)
+    j = Journal(r, Settings(origin=ORIGIN), StaticZones())
+    at = ("big", *ORIGIN)
+    by_type = Counter(rec.rtype for rec in j.records() if rec.owner == at)
+    assert by_type == {A: count, SRV: count}
+    browse = ("_big", "_tcp", *ORIGIN)
+    assert sum(1 for rec in j.records() if rec.owner == browse and rec.rtype == PTR) == count
+
+    change = r.register(reg("big", "i7", "10.9.9.9", dns_ttl=30), 0.0)
+    j.touch(change.service, change.id)
+    j.observe()
+    diff = j.diffs[-1]
+    assert {rec.rdata.text() for rec in diff.deleted if rec.rtype == A} == {"10.1.0.7"}
+    assert {rec.rdata.text() for rec in diff.added if rec.rtype == A} == {"10.9.9.9"}
+    assert len(diff.deleted) == len(diff.added) == 2  # A at big and at i7.big (SRV the same)
+    assert set(j.records()) == set(Journal(r, Settings(origin=ORIGIN), StaticZones()).records())
+
+    change = r.register(reg("big", "low", "10.9.9.10", dns_ttl=5), 0.0)
+    j.touch(change.service, change.id)
+    j.observe()
+    diff = j.diffs[-1]
+    assert sum(1 for rec in diff.added if rec.owner == at and rec.rtype == A) == count + 1
+    assert {rec.ttl for rec in j.records() if rec.owner == at} == {5}
+    assert set(j.records()) == set(Journal(r, Settings(origin=ORIGIN), StaticZones()).records())

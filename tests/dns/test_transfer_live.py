@@ -294,3 +294,32 @@ async def test_transfers_refused_outside_allow_transfer_and_ixfr_over_udp(tmp_pa
     async with dnsreg(tmp_path / "plain") as r:
         out = await run(KDIG, "@127.0.0.1", "-p", str(r.dns_port), "AXFR", ZONE)
         assert "REFUSED" in out, out
+
+
+@pytest.mark.skipif(KDIG is None, reason="kdig is not on PATH (apt-get install knot-dnsutils)")
+async def test_a_service_larger_than_a_reply_transfers_whole(tmp_path: Path) -> None:
+    """5 000 instances: a query gets a reply-sized draw, a transfer every record, and an
+    IXFR after one change carries that change alone."""
+    assert KDIG is not None
+    count = 5_000
+    async with dnsreg(tmp_path, allow_transfer=("127.0.0.1/32",)) as r:
+        for n in range(count):
+            reg = Registration(
+                "big", f"i{n}", ipaddress.ip_address(f"10.2.{n >> 8}.{n & 255}"), 80, ttl=0
+            )
+            r.server.registry.register(reg, now=0.0)
+        out = await run(KDIG, "@127.0.0.1", "-p", str(r.dns_port), "AXFR", ZONE)
+        owner = f"big.{ZONE}"
+        rows = [row for row in (line.split() for line in out.splitlines()) if row[:1] == [owner]]
+        assert sum(1 for row in rows if row[3] == "A") == count
+        assert sum(1 for row in rows if row[3] == "SRV") == count
+        old = await serial(r.dns_port)
+        await r.register("big", "i3", address="10.9.9.9", port=80)
+        out = await run(KDIG, "@127.0.0.1", "-p", str(r.dns_port), f"IXFR={old}", ZONE)
+        changed = [line.split() for line in out.splitlines() if "\tA\t" in line]
+        assert sorted(row[-1] for row in changed) == [
+            "10.2.0.3",
+            "10.2.0.3",
+            "10.9.9.9",
+            "10.9.9.9",
+        ]
