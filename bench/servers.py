@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -126,8 +127,9 @@ class Server(abc.ABC):
 class Dnsreg(Server):
     name = "dnsreg"
 
-    def __init__(self, python: str = sys.executable) -> None:
+    def __init__(self, python: str = sys.executable, extra: Sequence[str] = ()) -> None:
         self.python = python
+        self.extra = list(extra)  # more `dnsreg serve` arguments (e.g. --config FILE)
         self.http_port = 0
         self.log: Path | None = None
 
@@ -137,7 +139,7 @@ class Dnsreg(Server):
         self.log = work / "dnsreg.log"
         cmd = [self.python, "-m", "dnsreg", "serve", "--dns", "127.0.0.1:0",
                "--http", "127.0.0.1:0", "--data-dir", str(work / "data"),
-               "--zones", str(work / "zones"), "--log-level", "warning"]  # fmt: skip
+               *self.extra, "--zones", str(work / "zones"), "--log-level", "warning"]  # fmt: skip
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         # The listen line is logged at info; ask for it explicitly.
         cmd[-1] = "info"

@@ -32,6 +32,7 @@ import multiprocessing
 import multiprocessing.synchronize
 import os
 import re
+import shutil
 import socket
 import struct
 import sys
@@ -44,6 +45,7 @@ from pathlib import Path
 import aiohttp
 import dns.asyncquery
 import dns.message
+import dns.rrset
 
 from bench import httpload
 from bench.servers import ZONE, Dnsreg
@@ -170,7 +172,14 @@ class Stalls:
         self.group = self.n // 10  # the burst, heartbeat, expiry and deregistration groups
         self.waiters = 100 if args.quick else 1_000
         self.work = work
-        self.server = Dnsreg()
+        self.transfers = not args.no_transfers
+        extra: list[str] = []
+        if self.transfers:
+            # Zone transfers on, as with secondaries: every change is journaled too.
+            config = work / "dnsreg.toml"
+            config.write_text('allow_transfer = ["127.0.0.1/32"]\n')
+            extra = ["--config", str(config)]
+        self.server = Dnsreg(extra=extra)
         self.rows: list[Row] = []
         self.probe_path = work / "probe.bin"
         self.http: aiohttp.ClientSession | None = None
@@ -297,6 +306,41 @@ class Stalls:
             await dns.asyncquery.udp(q, "127.0.0.1", port=self.server.port, timeout=5)
         return "5 changes, each followed by an A query"
 
+    async def op_axfr(self) -> str:
+        """A whole-zone transfer, read by kdig (C: the client costs the machine little)."""
+        kdig = shutil.which("kdig")
+        if kdig is None:
+            raise RuntimeError("kdig is not on PATH (apt-get install knot-dnsutils)")
+        proc = await asyncio.create_subprocess_exec(
+            kdig, "@127.0.0.1", "-p", str(self.server.port), "AXFR", ZONE, "+nocomments",
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        )  # fmt: skip
+        out, _ = await asyncio.wait_for(proc.communicate(), 120)
+        text = out.decode()
+        received = [line for line in text.splitlines() if line.startswith(";; Received")]
+        if proc.returncode != 0 or not received or text.count("\tSOA\t") != 2:
+            raise RuntimeError(f"kdig AXFR failed: {text[-500:]}")
+        return received[0].removeprefix(";; Received ")
+
+    async def op_ixfr(self) -> str:
+        """One change of the big service, then an IXFR of it."""
+        q = dns.message.make_query(ZONE, "SOA")
+        r = await dns.asyncquery.udp(q, "127.0.0.1", port=self.server.port, timeout=5)
+        serial = r.answer[0][0].serial
+        await self.load(self._register("big", 1, 0, 5 << 20)[:1])
+        ixfr = dns.message.make_query(ZONE, "IXFR")
+        ixfr.authority.append(
+            dns.rrset.from_text(f"{ZONE}.", 0, "IN", "SOA", f"ns.{ZONE}. hostmaster.{ZONE}. {serial} 0 0 0 0")
+        )  # fmt: skip
+        reply = await _tcp_exchange(self.server.port, ixfr.to_wire())
+        return f"{struct.unpack_from('!H', reply, 6)[0]} records"
+
+    def transfer_ops(self) -> list[tuple[str, Callable[[], Awaitable[str | None]]]]:
+        return [
+            (f"AXFR of the zone ({self.n:,} instances)", self.op_axfr),
+            ("big-service change + IXFR", self.op_ixfr),
+        ]
+
     async def op_blocking(self) -> str:
         assert self.http is not None
         head = await self.get_json("/v1/services/big?limit=1")
@@ -376,6 +420,7 @@ class Stalls:
                 (f"DNS SRV big ({self.big:,})", lambda: self._queries("SRV", False)),
                 (f"DNS TCP A big ({self.big:,})", lambda: self._queries("A", True)),
                 ("big-service change + A", self.op_change),
+                *(self.transfer_ops() if self.transfers else []),
                 (f"blocking query, {self.waiters:,} waiters fire", self.op_blocking),
                 ("SSE subscriber replay", self.op_sse),
                 (f"expiry of {self.group:,} leases at once", self.op_expiry),
@@ -407,6 +452,10 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="10 000 instances (harness check)")
     parser.add_argument("--instances", type=int, default=100_000)
     parser.add_argument("--json", type=Path, help="also write the rows here")
+    parser.add_argument(
+        "--no-transfers", action="store_true",
+        help="without allow_transfer (no IXFR journal, no AXFR/IXFR operations)",
+    )  # fmt: skip
     parser.add_argument(
         "--nice", type=int, default=-10 if os.geteuid() == 0 else 0,
         help="scheduling priority of the server and the probe (-10 as root, else 0)",

@@ -374,7 +374,7 @@ class _Lookup:
         return self.materials.sd(self.registry, service, proto, tag, self.settings.origin)
 
     def _instance_answer(self, service: str, instance: Instance, qname: Name, qtype: int) -> Reply:
-        material = self._material(service, ("id", instance.reg.id), lambda: (instance,), None)
+        material = self.materials.single(self.registry, instance, self.settings.origin)
         return self._service_answer(
             service, material, qname, qtype, types=(A, AAAA, SRV, TXT), txt_of=instance
         )

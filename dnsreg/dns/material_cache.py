@@ -163,6 +163,21 @@ class MaterialCache:
         self.instances += build.size
         raise MaterialPending(build)
 
+    def single(self, registry: Registry, instance: Instance, origin: Name) -> Material:
+        """The material of one instance's own names, made afresh and not kept: one entry
+        per instance name asked would evict the materials of whole services (a client
+        walking 16 000 instance names would make a 50 000-instance service rebuild)."""
+        service = instance.reg.service
+        panic = registry.in_panic(service)
+        material = Material(
+            registry.service_revision(service), {}, panic, origin, registry.epoch(service),
+            memo=RecordMemo(max_sets=8, per_set=8), service=service,
+        )  # fmt: skip
+        material.open_pools()
+        if instance.judged if panic else served_now(instance):
+            material.extend([instance])
+        return material
+
     def step(self, build: Build, limit: int = BUILD_SLICE) -> bool:
         """Take the next ``limit`` instances of ``build`` in; True once it is installed."""
         if build.done:

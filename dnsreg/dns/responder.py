@@ -36,7 +36,7 @@ from dnsreg.dns.wire import (
 from dnsreg.dns.zones import StaticZones
 
 if TYPE_CHECKING:
-    from dnsreg.dns.xfr_out import Transfers
+    from dnsreg.dns.xfr_out import Transfers, TransferStream
 
 EDE_STALE_ANSWER = 3  # RFC 8914 §4.4
 TSIG_ROOM = 160  # a TSIG RR with an HMAC-SHA512 MAC and a long key name
@@ -97,7 +97,7 @@ class Responder:
         self.static_generation += 1
         self.cache.clear()
 
-    def respond_tcp(self, data: bytes, peer: str) -> bytes | list[bytes] | None:
+    def respond_tcp(self, data: bytes, peer: str) -> bytes | list[bytes] | TransferStream | None:
         """One TCP message: a zone transfer streams several replies (dns/xfr_out)."""
         transfers = self.transfers
         if transfers is not None and _maybe_transfer(data):

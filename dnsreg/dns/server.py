@@ -14,7 +14,7 @@ import logging
 import socket
 import sys
 from collections.abc import Awaitable, Callable
-from typing import cast
+from typing import Protocol, cast
 
 from dnsreg.dns import udp_batch as mmsg
 from dnsreg.dns.rrl import RateLimiter, Verdict, network_of_host, slip_reply
@@ -22,8 +22,18 @@ from dnsreg.dns.rrl import RateLimiter, Verdict, network_of_host, slip_reply
 log = logging.getLogger("dnsreg.dns")
 
 Handler = Callable[..., bytes | None]  # (data, *, tcp) -> reply or None
-# TCP: (data, peer address) -> one reply, several (a zone transfer), or None
-StreamHandler = Callable[[bytes, str], bytes | list[bytes] | None]
+
+
+class MessageStream(Protocol):
+    """Replies made a batch at a time (a large zone transfer, dns/xfr_out)."""
+
+    def next_batch(self) -> list[bytes]:
+        """The next messages; empty once all were given."""
+        ...
+
+
+# TCP: (data, peer address) -> one reply, several (a zone transfer), a stream, or None
+StreamHandler = Callable[[bytes, str], bytes | list[bytes] | MessageStream | None]
 # (protocol factory, host, port) -> a listening server; the composition root may hand in
 # one that accepts in Python (failed accepts counted and logged); else the loop's own.
 Listen = Callable[[Callable[[], asyncio.Protocol], str, int], Awaitable[asyncio.AbstractServer]]
@@ -196,9 +206,10 @@ class _TcpConnection(asyncio.Protocol):
         self.idle: asyncio.TimerHandle | None = None
         self.paused = False
         self.client = ""  # the peer's address: the per-client cap and zone-transfer ACLs
-        # A message answered later (an UPDATE, a query waiting for a build): the messages
-        # after it wait in the buffer, so replies stay in order.
+        # A message answered later (an UPDATE, a query waiting for a build, a streamed
+        # transfer): the messages after it wait in the buffer, so replies stay in order.
         self.waiting: asyncio.Task[None] | None = None
+        self.writable: asyncio.Event | None = None  # cleared while the client is not reading
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports do not subclass asyncio.Transport; they behave as one.
@@ -239,7 +250,7 @@ class _TcpConnection(asyncio.Protocol):
             length = (buf[pos] << 8) | buf[pos + 1]
             if end - pos - 2 < length:
                 break  # the rest of this message has not arrived yet
-            reply: bytes | list[bytes] | None
+            reply: bytes | list[bytes] | MessageStream | None
             try:
                 message = bytes(buf[pos + 2 : pos + 2 + length])
                 if stream is not None:
@@ -270,6 +281,12 @@ class _TcpConnection(asyncio.Protocol):
                     out.append(len(part).to_bytes(2, "big"))
                     out.append(part)
                 continue
+            if not isinstance(reply, bytes):  # a large transfer: written a batch at a time
+                del buf[:pos]
+                if out:
+                    transport.write(b"".join(out))
+                self.waiting = asyncio.get_running_loop().create_task(self._stream_out(reply))
+                return
             out.append(len(reply).to_bytes(2, "big"))
             out.append(reply)
         del buf[:pos]
@@ -300,12 +317,42 @@ class _TcpConnection(asyncio.Protocol):
         self.listener.touched(self)
         self.data_received(b"")  # what arrived meanwhile
 
+    async def _stream_out(self, stream: MessageStream) -> None:
+        """Write ``stream`` a batch per turn of the loop, waiting while the client reads."""
+        try:
+            while True:
+                transport = self.transport
+                if transport is None or transport.is_closing():
+                    return
+                batch = stream.next_batch()
+                if not batch:
+                    break
+                transport.write(b"".join(len(m).to_bytes(2, "big") + m for m in batch))
+                self._arm()  # a transfer in progress is not an idle connection
+                if self.writable is not None:
+                    await self.writable.wait()
+                await asyncio.sleep(0)  # other clients' turn
+        except Exception:
+            log.exception("unexpected error streaming a zone transfer; closing the connection")
+            if self.transport is not None:
+                self.transport.close()
+            return
+        finally:
+            self.waiting = None
+        self.listener.touched(self)
+        self.data_received(b"")  # what arrived meanwhile
+
     def pause_writing(self) -> None:
         # The client is not reading its answers: stop reading its questions.
         if self.transport is not None:
             self.transport.pause_reading()
+        if self.writable is None:
+            self.writable = asyncio.Event()
+        self.writable.clear()
 
     def resume_writing(self) -> None:
+        if self.writable is not None:
+            self.writable.set()
         if self.transport is not None and not self.transport.is_closing():
             self.transport.resume_reading()
 

@@ -28,6 +28,7 @@ computes for any combination asked; each single tag's name is transferred.
 
 from __future__ import annotations
 
+import itertools
 import random
 from collections import Counter, deque
 from collections.abc import Iterable, Iterator
@@ -145,6 +146,13 @@ class Journal:
                 yield from records
         for part in self._parts.values():
             yield from part.counts
+
+    def snapshot(self) -> list[Record]:
+        """:meth:`records` as a list, copied at C speed (a transfer's one revision)."""
+        chain = itertools.chain.from_iterable
+        out = list(chain(chain(nodes.values() for nodes in self._nodes.values())))
+        out.extend(chain(part.counts for part in self._parts.values()))
+        return out
 
     def soa_at(self, revision: int) -> Record:
         assert isinstance(self.soa.rdata, SOAData)

@@ -152,30 +152,13 @@ class Signer:
         return Signed(msg, self.keys[msg.keyname])
 
     def sign(self, signed: Signed, replies: Sequence[bytes]) -> list[bytes]:
-        """Sign our reply messages for the request (RFC 8945 §5.3; §5.3.1 for a stream).
+        """Sign our reply messages for the request (RFC 8945 §5.3; §5.3.1 for a stream)."""
+        stream = self.stream(signed, multi=len(replies) > 1)
+        return [stream.sign(wire) for wire in replies]
 
-        The bytes are signed as they are and the TSIG record appended, rather than
-        re-rendered by dnspython: that would merge a transfer's two SOA records.
-        """
-        key = signed.message.keyring
-        assert isinstance(key, dns.tsig.Key)
-        owner = key.name.to_wire()
-        assert owner is not None
-        now = int(self.clock())
-        out: list[bytes] = []
-        ctx: Any = None
-        multi = len(replies) > 1
-        request_mac = signed.message.mac
-        for wire in replies:
-            template = dns.rdtypes.ANY.TSIG.TSIG(  # type: ignore[no-untyped-call]
-                dns.rdataclass.ANY, dns.rdatatype.TSIG, key.algorithm, now, FUDGE, b"",
-                int.from_bytes(wire[:2], "big"), 0, b"",
-            )  # fmt: skip
-            rdata, ctx = dns.tsig.sign(  # type: ignore[no-untyped-call]
-                wire, key, template, now, request_mac, ctx, multi
-            )
-            out.append(_append_tsig(wire, owner, rdata.to_wire()))
-        return out
+    def stream(self, signed: Signed, *, multi: bool = True) -> StreamSigner:
+        """A signer for the replies to ``signed``, one message at a time, in order."""
+        return StreamSigner(signed, int(self.clock()), multi)
 
     def _error(self, data: bytes, error: int, reason: str) -> Malformed:
         self.failures += 1
@@ -217,3 +200,32 @@ def _append_tsig(wire: bytes, owner: bytes, rdata: bytes) -> bytes:
     arcount = int.from_bytes(wire[10:12], "big") + 1
     record = owner + struct.pack("!HHIH", dns.rdatatype.TSIG, dns.rdataclass.ANY, 0, len(rdata))
     return wire[:10] + arcount.to_bytes(2, "big") + wire[12:] + record + rdata
+
+
+class StreamSigner:
+    """Signs the messages answering one request in order: each MAC covers the previous
+    one (RFC 8945 §5.3.1), so a zone transfer can be signed as it streams.
+
+    The bytes are signed as they are and the TSIG record appended, rather than
+    re-rendered by dnspython: that would merge a transfer's two SOA records.
+    """
+
+    def __init__(self, signed: Signed, now: int, multi: bool) -> None:
+        key = signed.message.keyring
+        assert isinstance(key, dns.tsig.Key)
+        owner = key.name.to_wire()
+        assert owner is not None
+        self.key, self.owner, self.now, self.multi = key, owner, now, multi
+        self.request_mac: bytes | None = signed.message.mac
+        self.ctx: Any = None
+
+    def sign(self, wire: bytes) -> bytes:
+        key = self.key
+        template = dns.rdtypes.ANY.TSIG.TSIG(  # type: ignore[no-untyped-call]
+            dns.rdataclass.ANY, dns.rdatatype.TSIG, key.algorithm, self.now, FUDGE, b"",
+            int.from_bytes(wire[:2], "big"), 0, b"",
+        )  # fmt: skip
+        rdata, self.ctx = dns.tsig.sign(  # type: ignore[no-untyped-call]
+            wire, key, template, self.now, self.request_mac, self.ctx, self.multi
+        )
+        return _append_tsig(wire, self.owner, rdata.to_wire())

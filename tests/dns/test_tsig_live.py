@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import ipaddress
 import shutil
 import time
 from pathlib import Path
 
 import dns.asyncquery
+import dns.exception
 import dns.message
 import dns.query
 import dns.rcode
@@ -19,6 +21,7 @@ import pytest
 
 from dnsreg.config import load_config
 from dnsreg.core.errors import ConfigError
+from dnsreg.core.model import Registration
 from dnsreg.dns.tsig import TsigKey
 from tests.dns.test_transfer_live import dnsreg, run
 
@@ -162,3 +165,28 @@ def test_tsig_key_config_is_checked(tmp_path: Path) -> None:
     path.write_text(f'notify_key = "nope"\n[[tsig_keys]]\n{good}')
     with pytest.raises(ConfigError, match="notify_key"):
         load_config({"config": str(path)}, env={})
+
+
+async def test_a_streamed_transfer_is_signed_message_by_message(tmp_path: Path) -> None:
+    """A zone larger than one slice is packed and signed as it streams: dnspython's
+    inbound transfer checks every message's MAC, each chained to the one before
+    (RFC 8945 §5.3.1), and the zone it builds holds every record."""
+    async with dnsreg(tmp_path, tsig_keys=KEYS) as r:
+        for n in range(3_000):  # ~12 000 records: several slices, dozens of messages
+            address = ipaddress.ip_address(f"10.3.{n >> 8}.{n & 255}")
+            r.server.registry.register(Registration("big", f"i{n}", address, 80, ttl=0), now=0.0)
+        zone = await asyncio.to_thread(
+            dns.zone.from_xfr,
+            dns.query.xfr("127.0.0.1", "service.local.", port=r.dns_port,
+                          keyring=keyring("xfr-key"), timeout=10),
+        )  # fmt: skip
+        node = zone.get_rdataset("big", "A")
+        assert node is not None
+        assert len(node) == 3_000
+        # A wrong key is refused, and the refusal is the one unsigned-by-us message.
+        with pytest.raises(dns.exception.DNSException):
+            await asyncio.to_thread(
+                dns.zone.from_xfr,
+                dns.query.xfr("127.0.0.1", "service.local.", port=r.dns_port,
+                              keyring=keyring("xfr-key", OTHER), timeout=10),
+            )  # fmt: skip
