@@ -329,9 +329,8 @@ class Stalls:
         serial = r.answer[0][0].serial
         await self.load(self._register("big", 1, 0, 5 << 20)[:1])
         ixfr = dns.message.make_query(ZONE, "IXFR")
-        ixfr.authority.append(
-            dns.rrset.from_text(f"{ZONE}.", 0, "IN", "SOA", f"ns.{ZONE}. hostmaster.{ZONE}. {serial} 0 0 0 0")
-        )  # fmt: skip
+        soa = f"ns.{ZONE}. hostmaster.{ZONE}. {serial} 0 0 0 0"
+        ixfr.authority.append(dns.rrset.from_text(f"{ZONE}.", 0, "IN", "SOA", soa))
         reply = await _tcp_exchange(self.server.port, ixfr.to_wire())
         return f"{struct.unpack_from('!H', reply, 6)[0]} records"
 

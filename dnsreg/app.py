@@ -26,10 +26,11 @@ from dnsreg.core.acl import Right
 from dnsreg.core.errors import ConfigError, ZoneError
 from dnsreg.core.names import parse_name, to_text
 from dnsreg.core.preservation import ExpiryGuard
-from dnsreg.core.registry import Change, Registry
+from dnsreg.core.registry import Registry
 from dnsreg.dns.answers import Settings, with_alt_domain
 from dnsreg.dns.deferred import Deferrals
 from dnsreg.dns.explain import explain, parse_question
+from dnsreg.dns.journal_keeper import JournalKeeper
 from dnsreg.dns.loop_lag import LoopLag, LoopLagCollector
 from dnsreg.dns.material_cache import INLINE_BUILD
 from dnsreg.dns.metrics import DnsGuardCollector, ResponderCollector
@@ -78,6 +79,7 @@ class Server:
         self.responder: Responder | None = None
         self.updater: Updater | None = None
         self.deferrals: Deferrals | None = None
+        self.journal_keeper: JournalKeeper | None = None
         self.dns: DnsServer | None = None
         self.loop_lag = LoopLag()
         self.gc = GcTuning()
@@ -166,7 +168,7 @@ class Server:
             # of one, for what a full collection spends walking it.
             materials = self.responder.materials
             self.gc.watch(lambda: materials.memo.held * 3 + materials.instances // 4)
-            self.deferrals = Deferrals(self.responder, self.updater.handle)
+            self.deferrals = Deferrals(self.responder, self.updater.handle, self.journal_keeper)
             self.dns = DnsServer(
                 self.responder.respond,
                 idle_timeout=cfg.tcp_idle_timeout,
@@ -286,6 +288,8 @@ class Server:
             await self.dns.close()
             if self.deferrals is not None:
                 self.deferrals.close()
+            if self.journal_keeper is not None:
+                self.journal_keeper.close()
             self.dns = None
         if self.notifier is not None:
             await self.notifier.close()
@@ -311,7 +315,9 @@ class Server:
         by_key = any(k.rights & {"transfer", "operator"} for k in cfg.tsig_keys)
         if not (cfg.allow_transfer or cfg.notify or by_key):
             return
-        journal = Journal(self.registry, settings, self.static, limit=cfg.ixfr_journal)
+        # Built by the catch-up task below, a slice per loop turn: a restored registry of
+        # 100 000 instances would otherwise hold the start-up for seconds.
+        journal = Journal(self.registry, settings, self.static, limit=cfg.ixfr_journal, build=False)
         allow = parse_networks(cfg.allow_transfer)
         responder.transfers = Transfers(
             journal, lambda: responder.static, allow, signer=responder.signer
@@ -321,17 +327,14 @@ class Server:
             key = next((k.dns_key() for k in cfg.tsig_keys if k.name == cfg.notify_key), None)
             self.notifier = Notifier(origin=cfg.origin, secondaries=secondaries, key=key,
                                      soa_text=lambda: journal.soa.rdata.text())  # fmt: skip
+        self.journal_keeper = JournalKeeper(journal, lambda: responder.static, self.notifier)
+        store.subscribe(self.journal_keeper.changed)
+        self._zone_changed = self.journal_keeper.changed
+        self.journal_keeper.changed()  # the first snapshot
+        responder.journal_busy = lambda: (
+            self.journal_keeper is not None and self.journal_keeper.busy
+        )
         notifier = self.notifier
-
-        def changed(change: Change | None = None) -> None:
-            if change is not None:
-                journal.touch(change.service, change.id)
-            journal.observe(responder.static)  # one journal entry per change
-            if notifier is not None:
-                notifier.changed()
-
-        store.subscribe(changed)
-        self._zone_changed = changed
         if notifier is not None:
             notifier.start()
 

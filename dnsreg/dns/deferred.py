@@ -8,7 +8,9 @@ what it returns and send that. Two kinds are:
 * a query whose answer needs the material of a large service that is being
   built in slices (``dns/material_cache``). :class:`Builds` steps each such
   build one slice per turn of the event loop, so no query holds the loop for
-  long, then answers every query that waited for it.
+  long, then answers every query that waited for it;
+* a zone transfer asked while the IXFR journal catches up (``journal_keeper``):
+  sent once it has.
 """
 
 from __future__ import annotations
@@ -17,9 +19,11 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 
+from dnsreg.dns.journal_keeper import JournalKeeper
 from dnsreg.dns.material_cache import BUILD_SLICE, Build
 from dnsreg.dns.responder import Responder
 from dnsreg.dns.wire import is_update
+from dnsreg.dns.xfr_out import TransferStream
 
 log = logging.getLogger("dnsreg.dns")
 
@@ -28,6 +32,7 @@ log = logging.getLogger("dnsreg.dns")
 MAX_ROUNDS = 4
 
 UpdateHandler = Callable[[bytes, str], Awaitable[bytes | None]]
+Later = bytes | list[bytes] | TransferStream | None  # what answers a message later
 
 
 class Builds:
@@ -83,19 +88,37 @@ class Builds:
 class Deferrals:
     """The one place that decides which ``None`` answers are answered later, and how."""
 
-    def __init__(self, responder: Responder, updates: UpdateHandler | None = None) -> None:
+    def __init__(
+        self,
+        responder: Responder,
+        updates: UpdateHandler | None = None,
+        journal: JournalKeeper | None = None,
+    ) -> None:
         self.responder = responder
         self.updates = updates
+        self.journal = journal
         self.builds = Builds(responder)
 
-    def __call__(self, data: bytes, client: str, tcp: bool) -> Awaitable[bytes | None] | None:
+    def __call__(self, data: bytes, client: str, tcp: bool) -> Awaitable[Later] | None:
         """What answers ``data`` later (None: nothing will; drop it or close)."""
-        build = self.responder.take_pending()
+        responder = self.responder
+        build = responder.take_pending()
         if build is not None:
             return self.builds.answer(build, data, tcp)
+        if responder.take_transfer_wait() and self.journal is not None:
+            return self._transfer(self.journal, data, client)
         if self.updates is not None and is_update(data):
             return self.updates(data, client)
         return None
+
+    async def _transfer(self, journal: JournalKeeper, data: bytes, client: str) -> Later:
+        """A zone transfer once the journal has caught up (or, after a few rounds of
+        writes keeping it busy, with the journal made to catch up at once)."""
+        for _ in range(MAX_ROUNDS):
+            await journal.idle()
+            if not journal.busy:
+                break
+        return self.responder.transfer_now(data, client)
 
     def close(self) -> None:
         self.builds.close()

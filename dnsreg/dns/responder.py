@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import random
 from collections import Counter
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import dns.rdatatype
@@ -80,11 +81,28 @@ class Responder:
         self.defer_updates = False
         # The build a query answered with None waits for (dns/deferred takes it at once).
         self.pending: Build | None = None
+        # Zone transfers: whether the journal is catching up, and whether the last
+        # message answered with None is a transfer waiting for it.
+        self.journal_busy: Callable[[], bool] | None = None
+        self.transfer_waits = False
 
     def take_pending(self) -> Build | None:
         """The build the last query answered with None is waiting for, if any."""
         build, self.pending = self.pending, None
         return build
+
+    def take_transfer_wait(self) -> bool:
+        """Whether the last TCP message answered with None is a transfer that waits."""
+        waits, self.transfer_waits = self.transfer_waits, False
+        return waits
+
+    def transfer_now(self, data: bytes, peer: str) -> bytes | list[bytes] | TransferStream | None:
+        """A transfer answered at once, the journal catching up first if need be."""
+        if self.transfers is not None:
+            messages = self.transfers.tcp(data, peer)
+            if messages is not None:
+                return messages
+        return self.respond(data, tcp=True)
 
     @property
     def static(self) -> StaticZones:
@@ -101,6 +119,11 @@ class Responder:
         """One TCP message: a zone transfer streams several replies (dns/xfr_out)."""
         transfers = self.transfers
         if transfers is not None and _maybe_transfer(data):
+            if self.journal_busy is not None and self.journal_busy():
+                # The journal is catching up a slice per loop turn: the transfer waits
+                # for it (dns/deferred) rather than making it catch up here at once.
+                self.transfer_waits = True
+                return None
             messages = transfers.tcp(data, peer)
             if messages is not None:
                 return messages

@@ -32,15 +32,18 @@ class MessageStream(Protocol):
         ...
 
 
-# TCP: (data, peer address) -> one reply, several (a zone transfer), a stream, or None
-StreamHandler = Callable[[bytes, str], bytes | list[bytes] | MessageStream | None]
+# What answers one message: a reply, several (a zone transfer), a stream of them, or None.
+Reply = bytes | list[bytes] | MessageStream | None
+# TCP: (data, peer address) -> what answers it
+StreamHandler = Callable[[bytes, str], Reply]
 # (protocol factory, host, port) -> a listening server; the composition root may hand in
 # one that accepts in Python (failed accepts counted and logged); else the loop's own.
 Listen = Callable[[Callable[[], asyncio.Protocol], str, int], Awaitable[asyncio.AbstractServer]]
 # Asked about a message the handler answered with None (dns/deferred): (data, client
 # address, tcp) -> what will answer it (a DNS UPDATE once the store has the change, a
-# query once its service's answer material is built), or None: nothing will.
-Deferred = Callable[[bytes, str, bool], Awaitable[bytes | None] | None]
+# query once its service's answer material is built, a transfer once the journal has
+# caught up), or None: nothing will.
+Deferred = Callable[[bytes, str, bool], Awaitable[Reply] | None]
 
 UDP_DRAIN = 64  # datagrams per wake-up before yielding to other work
 # UDP messages answered later in flight at once; beyond that they are dropped (UDP may
@@ -113,14 +116,14 @@ class UdpListener:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _answer_later(self, later: Awaitable[bytes | None], addr: tuple[str, int]) -> None:
+    async def _answer_later(self, later: Awaitable[Reply], addr: tuple[str, int]) -> None:
         try:
             reply = await later
         except Exception:
             log.exception("unexpected error answering a UDP message later; dropped it")
             return
-        if reply is None or self.sock is None:
-            return
+        if not isinstance(reply, bytes) or self.sock is None:
+            return  # nothing, or what only TCP carries
         limiter = self.limiter
         if limiter is not None:  # answered later, limited the same (RRL)
             now = asyncio.get_running_loop().time()
@@ -250,7 +253,7 @@ class _TcpConnection(asyncio.Protocol):
             length = (buf[pos] << 8) | buf[pos + 1]
             if end - pos - 2 < length:
                 break  # the rest of this message has not arrived yet
-            reply: bytes | list[bytes] | MessageStream | None
+            reply: Reply
             try:
                 message = bytes(buf[pos + 2 : pos + 2 + length])
                 if stream is not None:
@@ -299,7 +302,7 @@ class _TcpConnection(asyncio.Protocol):
         if self.listener.closing and not buf:
             transport.close()
 
-    async def _answer_later(self, later: Awaitable[bytes | None]) -> None:
+    async def _answer_later(self, later: Awaitable[Reply]) -> None:
         try:
             reply = await later
         except Exception:
@@ -312,7 +315,11 @@ class _TcpConnection(asyncio.Protocol):
         if reply is None:
             transport.close()
             return
-        transport.write(len(reply).to_bytes(2, "big") + reply)
+        if not isinstance(reply, bytes | list):  # a transfer that waited, now streamed
+            self.waiting = asyncio.get_running_loop().create_task(self._stream_out(reply))
+            return
+        parts = reply if isinstance(reply, list) else [reply]
+        transport.write(b"".join(len(part).to_bytes(2, "big") + part for part in parts))
         self._arm()
         self.listener.touched(self)
         self.data_received(b"")  # what arrived meanwhile

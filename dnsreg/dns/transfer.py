@@ -70,6 +70,54 @@ class Diff:
     added: tuple[Record, ...]
 
 
+class _Delta:
+    """What one journal entry deletes and adds, net: a record that goes and comes back
+    within the entry (or comes and goes) is in neither (RFC 1995 §4 lists differences)."""
+
+    __slots__ = ("added", "deleted")
+
+    def __init__(self) -> None:
+        self.deleted: set[Record] = set()
+        self.added: set[Record] = set()
+
+    def gone(self, records: Iterable[Record]) -> None:
+        added, deleted = self.added, self.deleted
+        for record in records:
+            if record in added:
+                added.discard(record)
+            else:
+                deleted.add(record)
+
+    def came(self, records: Iterable[Record]) -> None:
+        added, deleted = self.added, self.deleted
+        for record in records:
+            if record in deleted:
+                deleted.discard(record)
+            else:
+                added.add(record)
+
+
+# Instances asked again per step of a sliced observe.
+CHUNK = 64
+
+
+@dataclass(slots=True)
+class _Work:
+    """A service being asked again: instances left, and what to ask them with."""
+
+    ids: list[str]
+    every: bool  # all its instances: RRset TTLs are expected to move
+    panic: bool
+    revision: int  # the service revision and write-log epoch this work catches up to
+    epoch: int
+    shared: set[Name]
+    # A pass over every instance: the TTLs each shared name had when first asked in it.
+    # If one moves before the pass ends, the instances already asked carry the old TTL.
+    seen: dict[Name, tuple[tuple[int, int], ...]] = field(default_factory=dict)
+    # Shared names it had earlier in the work (a tag that came and went meanwhile).
+    earlier: set[Name] = field(default_factory=set)
+
+
 @dataclass(slots=True)
 class _Shared:
     """A name many instances make records at: each one's part, and the records counted
@@ -79,23 +127,23 @@ class _Shared:
     by_id: dict[str, tuple[Record, ...]] = field(default_factory=dict)
     counts: Counter[Record] = field(default_factory=Counter)
 
-    def put(
-        self, source: str, records: tuple[Record, ...], gone: set[Record], new: set[Record]
-    ) -> None:
-        """``source``'s part is now ``records``: what left the name goes in ``gone``,
-        what came to it in ``new``."""
+    def put(self, source: str, records: tuple[Record, ...], delta: _Delta) -> None:
+        """``source``'s part is now ``records``; what left the name and what came to it
+        go in ``delta``."""
         counts = self.counts
+        gone: list[Record] = []
         for record in self.by_id.pop(source, ()):
             counts[record] -= 1
             if not counts[record]:
                 del counts[record]
-                gone.add(record)
+                gone.append(record)
+        delta.gone(gone)
         if records:
             self.by_id[source] = records
+        new = [record for record in records if not counts[record]]
         for record in records:
-            if not counts[record]:
-                new.add(record)
             counts[record] += 1
+        delta.came(new)
 
 
 class Journal:
@@ -108,6 +156,7 @@ class Journal:
         static: StaticZones,
         *,
         limit: int = 1000,
+        build: bool = True,
     ) -> None:
         self.registry = registry
         self.settings = settings
@@ -134,9 +183,15 @@ class Journal:
         self._browsed: dict[str, tuple[object, ...]] = {}
         # Instances known to have changed since the last observe (None: the whole service).
         self._touched: dict[str, set[str] | None] = {}
+        # Services being asked again (sliced observe), and what went and came meanwhile.
+        self._work: dict[str, _Work] = {}
+        self._delta = _Delta()
+        self._rest_moved = True
+        self._built = False  # the first snapshot is done
         self.soa = self._current_soa()
         self.diffs: deque[Diff] = deque()
-        self._refresh()
+        if build:
+            self.observe()
 
     # ------------------------------------------------------------- reading
     def records(self) -> Iterator[Record]:
@@ -173,140 +228,215 @@ class Journal:
         if ids is not None:
             ids.add(instance_id)
 
-    def observe(self, static: StaticZones | None = None) -> None:
-        """Catch up with the registry (and new zone files): one journal entry if it moved."""
+    def observe(self, static: StaticZones | None = None, *, budget: int | None = None) -> bool:
+        """Catch up with the registry (and new zone files): one journal entry if it moved.
+
+        ``budget``: instances to ask again in this call at most; False: not caught up
+        yet (call again: what changed meanwhile joins the same entry). None: all.
+        """
         if static is not None:
             self.static = static
         registry = self.registry
-        if registry.revision == self.revision and self.static is self._static_seen:
-            return
-        deleted, added = self._refresh()
-        if registry.revision != self.revision:
+        if (
+            self._built
+            and registry.revision == self.revision
+            and self.static is self._static_seen
+            and not self._work
+        ):
+            return True
+        if not self._refresh(budget):
+            return False
+        delta, self._delta = self._delta, _Delta()
+        deleted = tuple(sorted(delta.deleted, key=_order))
+        added = tuple(sorted(delta.added, key=_order))
+        if not self._built:
+            self._built = True  # the first snapshot: nothing to journal against
+        elif registry.revision != self.revision:
             self.diffs.append(Diff(self.revision, registry.revision, deleted, added))
-            self.revision = registry.revision
-            self.soa = self._current_soa()
             # ixfr_journal counts revisions (SPEC §2): drop entries starting further back.
-            while self.diffs and self.revision - self.diffs[0].from_revision > self.limit:
+            while self.diffs and registry.revision - self.diffs[0].from_revision > self.limit:
                 self.diffs.popleft()
         else:
             # New zone files without a registry change: the serial cannot move, so a
             # secondary that is already at this serial must fetch the whole zone.
             self.diffs.clear()
+        self.revision = registry.revision
+        self.soa = self._current_soa()
+        return True
 
-    def _refresh(self) -> tuple[tuple[Record, ...], tuple[Record, ...]]:
+    def _refresh(self, budget: int | None) -> bool:
+        """Ask again what moved, ``budget`` instances at most; True once caught up."""
+        self._plan()
+        spent = 0
+        while self._work:
+            if budget is not None and spent >= budget:
+                return False
+            service, work = next(iter(self._work.items()))
+            room = len(work.ids) if budget is None else max(1, min(CHUNK, budget - spent))
+            take, work.ids = work.ids[:room], work.ids[room:]
+            spent += len(take)
+            self._ask_instances(service, work, take)
+            if not work.ids:
+                del self._work[service]
+                self._finish(service, work)
+        if self._rest_moved or self.static is not self._static_seen:
+            rest = list(self._rest_names())
+            self._update(_REST, rest, set(rest))
+            self._rest_moved = False
+        self._static_seen = self.static
+        return True
+
+    def _plan(self) -> None:
+        """What to ask again: the services that moved, and which of their instances."""
         registry = self.registry
-        deleted: set[Record] = set()
-        added: set[Record] = set()
         touched, self._touched = self._touched, {}
-
-        def update(part: str, names: Iterable[Name], keep: set[Name] | None = None) -> None:
-            """Ask ``names`` again; with ``keep``, every other name of the part goes."""
-            nodes = self._nodes.setdefault(part, {})
-            for name in names:
-                new = frozenset(self._collect(name))
-                old = nodes.get(name, frozenset())
-                deleted.update(old - new)
-                added.update(new - old)
-                if new:
-                    nodes[name] = new
-                else:
-                    nodes.pop(name, None)
-            if keep is not None:
-                for name in [n for n in nodes if n not in keep]:
-                    deleted.update(nodes.pop(name))
-
         live = set(registry.services())
-        rest_moved = _REST not in self._nodes
         known = {p for p in self._nodes if p != _REST} | set(self._part_revision)
-        for gone in [p for p in known if p not in live]:
-            for records in self._nodes.pop(gone, {}).values():
-                deleted.update(records)
-            for name in self._shared.get(gone, ()):
-                part = self._parts.pop(name, None)
-                if part is not None:
-                    deleted.update(part.counts)
-            self._part_revision.pop(gone, None)
-            self._own.pop(gone, None)
-            self._panic.pop(gone, None)
-            self._shared.pop(gone, None)
-            self._epochs.pop(gone, None)
-            rest_moved = self._browsed.pop(gone, None) is not None or rest_moved
+        for gone in [p for p in known | set(self._work) if p not in live]:
+            self._forget(gone)
         for service in live:
-            if self._part_revision.get(service) == registry.service_revision(service):
+            revision = registry.service_revision(service)
+            work = self._work.get(service)
+            if work is None and self._part_revision.get(service) == revision:
+                continue
+            if work is not None and work.revision == revision:
                 continue
             panic = registry.in_panic(service)
             # Which instances moved: the registry's own log says (whoever wrote), else
             # what :meth:`touch` was told, else every instance of the service.
-            ids = None
-            if service in self._epochs:
-                ids = registry.touched_since(service, self._epochs[service])
+            since = work.epoch if work is not None else self._epochs.get(service)
+            ids = registry.touched_since(service, since) if since is not None else None
             if ids is None:
                 ids = touched.get(service)
-            every = ids is None or self._panic.get(service) != panic
-            if ids is None or every:
-                ids = set(self._own.get(service, {})) | set(registry.instances(service))
-            own = self._own.setdefault(service, {})
-            for instance_id in ids:
-                old_names = own.pop(instance_id, ())
-                names = self._instance_names(service, instance_id)
-                if names:
-                    own[instance_id] = names
-                update(service, set(old_names) | set(names))
-            # Shared names are kept per instance (no tag equals an instance's id: the
-            # registry refuses that, so none of these is also an instance's own name).
+            every = ids is None or panic != (
+                work.panic if work is not None else self._panic.get(service)
+            )
             shared = set(self._shared_names(service))
-            for name in shared:
-                self._update_part(name, None if every else frozenset(ids), deleted, added)
-            unshared = self._shared.get(service, set()) - shared
-            for name in unshared & self._parts.keys():
-                deleted.update(self._parts.pop(name).counts)
-            self._shared[service] = shared
-            self._part_revision[service] = registry.service_revision(service)
-            self._epochs[service] = registry.epoch(service)
-            self._panic[service] = panic
-            browsed = self._browse_summary(service)
-            if self._browsed.get(service) != browsed:
-                self._browsed[service] = browsed
-                rest_moved = True
-        if rest_moved or self.static is not self._static_seen:
-            rest = list(self._rest_names())
-            update(_REST, rest, set(rest))
-        self._static_seen = self.static
-        # A record that went and came back in one refresh (an instance registered again
-        # unchanged) never left the zone.
-        both = deleted & added
-        deleted -= both
-        added -= both
-        return tuple(sorted(deleted, key=_order)), tuple(sorted(added, key=_order))
+            if every:
+                ids = self._everyone(service, shared)
+            assert ids is not None
+            epoch = registry.epoch(service)
+            if work is None:
+                self._work[service] = _Work(sorted(ids), every, panic, revision, epoch, shared)
+            else:  # more changes to a service under way: they join its work
+                work.ids = sorted(set(work.ids) | ids)
+                if every and not work.every:
+                    work.every = True
+                    work.seen.clear()
+                work.panic, work.revision, work.epoch = panic, revision, epoch
+                work.earlier |= work.shared
+                work.shared = shared
 
-    def _update_part(
-        self, name: Name, ids: frozenset[str] | None, deleted: set[Record], added: set[Record]
-    ) -> None:
-        """Bring the kept name ``name`` up to date: ``ids``' parts (None: all of it)."""
-        part = self._parts.get(name)
-        if part is not None and ids is not None:
-            reply = self._ask(name, ids)
-            if reply.ttls == part.ttls:
-                for source, records in _by_source(name, reply).items():
-                    part.put(source, records, deleted, added)
-                for source in ids:
-                    if source not in reply.sources:
-                        part.put(source, (), deleted, added)
-                if not part.counts:
-                    del self._parts[name]
+    def _forget(self, gone: str) -> None:
+        """A service that has no instance left: all its names go."""
+        delta = self._delta
+        for records in self._nodes.pop(gone, {}).values():
+            delta.gone(records)
+        work = self._work.pop(gone, None)
+        names = set(self._shared.get(gone, ()))
+        if work is not None:
+            names |= work.shared | work.earlier
+        for name in names:
+            part = self._parts.pop(name, None)
+            if part is not None:
+                delta.gone(part.counts)
+        self._part_revision.pop(gone, None)
+        self._own.pop(gone, None)
+        self._panic.pop(gone, None)
+        self._shared.pop(gone, None)
+        self._epochs.pop(gone, None)
+        if self._browsed.pop(gone, None) is not None:
+            self._rest_moved = True
+
+    def _ask_instances(self, service: str, work: _Work, ids: list[str]) -> None:
+        """Ask again the names of ``ids``, and their part of the service's shared names."""
+        own = self._own.setdefault(service, {})
+        for instance_id in ids:
+            old_names = own.pop(instance_id, ())
+            names = self._instance_names(service, instance_id)
+            if names:
+                own[instance_id] = names
+            self._update(service, set(old_names) | set(names))
+        # Shared names are kept per instance (no tag equals an instance's id: the
+        # registry refuses that, so none of these is also an instance's own name).
+        members = frozenset(ids)
+        for name in work.shared:
+            if not self._update_part(name, members, work):
+                # An RRset's TTL moved (RFC 2181 §5.2): every record of it changes, so
+                # every instance of the service is asked again.
+                every = self._everyone(service, work.shared) | set(ids) | set(work.ids)
+                work.ids, work.every = sorted(every), True
+                work.seen.clear()
                 return
-        # New, asked whole, or an RRset's TTL moved: the name is asked again whole.
-        reply = self._ask(name, None)
-        fresh = _Shared(reply.ttls)
-        for source, records in _by_source(name, reply).items():
-            fresh.put(source, records, set(), set())
-        old = part.counts if part is not None else Counter()
-        deleted.update(r for r in old if r not in fresh.counts)
-        added.update(r for r in fresh.counts if r not in old)
-        if fresh.counts or fresh.ttls:
-            self._parts[name] = fresh
-        else:
-            self._parts.pop(name, None)
+
+    def _everyone(self, service: str, shared: set[Name]) -> set[str]:
+        """Every instance that has or had records of ``service``: its instances now, and
+        those kept under its names (gone ones whose records must go)."""
+        ids = set(self._own.get(service, {})) | set(self.registry.instances(service))
+        work = self._work.get(service)
+        earlier = work.earlier | work.shared if work is not None else set()
+        for name in shared | earlier | self._shared.get(service, set()):
+            part = self._parts.get(name)
+            if part is not None:
+                ids.update(part.by_id)
+        return ids
+
+    def _finish(self, service: str, work: _Work) -> None:
+        for name in work.shared:
+            part = self._parts.get(name)
+            if part is not None and not part.counts:
+                del self._parts[name]
+        before = self._shared.get(service, set()) | work.earlier
+        for name in (before - work.shared) & self._parts.keys():
+            self._delta.gone(self._parts.pop(name).counts)
+        self._shared[service] = work.shared
+        self._part_revision[service] = work.revision
+        self._epochs[service] = work.epoch
+        self._panic[service] = work.panic
+        browsed = self._browse_summary(service)
+        if self._browsed.get(service) != browsed:
+            self._browsed[service] = browsed
+            self._rest_moved = True
+
+    def _update(self, part: str, names: Iterable[Name], keep: set[Name] | None = None) -> None:
+        """Ask ``names`` again; with ``keep``, every other name of the part goes."""
+        delta = self._delta
+        nodes = self._nodes.setdefault(part, {})
+        for name in names:
+            new = frozenset(self._collect(name))
+            old = nodes.get(name, frozenset())
+            delta.gone(old - new)
+            delta.came(new - old)
+            if new:
+                nodes[name] = new
+            else:
+                nodes.pop(name, None)
+        if keep is not None:
+            for name in [n for n in nodes if n not in keep]:
+                delta.gone(nodes.pop(name))
+
+    def _update_part(self, name: Name, members: frozenset[str], work: _Work) -> bool:
+        """``members``' part of the kept name ``name``; False: its RRsets' TTLs moved
+        (outside a pass over every instance, or twice in one), nothing was changed."""
+        reply = self._ask(name, members)
+        part = self._parts.get(name)
+        if work.every:
+            if work.seen.setdefault(name, reply.ttls) != reply.ttls:
+                return False
+            if part is None:
+                part = self._parts[name] = _Shared(reply.ttls)
+            part.ttls = reply.ttls
+        elif part is None:  # new: only instances that changed can have made records here
+            part = self._parts[name] = _Shared(reply.ttls)
+        elif reply.ttls != part.ttls:
+            return False
+        delta = self._delta
+        found = _by_source(name, reply)
+        for source in members:
+            part.put(source, found.pop(source, ()), delta)
+        for source, records in found.items():  # none expected: records of no instance
+            part.put(source, records, delta)
+        return True
 
     def _ask(self, name: Name, members: frozenset[str] | None) -> Reply:
         q = Question(name, ANY, IN, tcp=True, whole=True, members=members)

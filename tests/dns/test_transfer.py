@@ -230,3 +230,45 @@ def test_a_transfer_carries_whole_rrsets_and_a_change_journals_only_its_records(
     assert sum(1 for rec in diff.added if rec.owner == at and rec.rtype == A) == count + 1
     assert {rec.ttl for rec in j.records() if rec.owner == at} == {5}
     assert set(j.records()) == set(Journal(r, Settings(origin=ORIGIN), StaticZones()).records())
+
+
+@pytest.mark.parametrize("seed", [5, 27, 31])
+def test_a_sliced_observe_ends_where_a_whole_one_does(seed: int) -> None:
+    """Observing a few instances at a time while writes keep landing (as the server does,
+    one slice per loop turn): once caught up, the zone is a fresh snapshot's, and the
+    journal entries made on the way lead from the previous zone to it exactly."""
+    rng = random.Random(seed)
+    r = Registry()
+    for n in range(40):
+        r.register(reg("big", f"b{n}", f"10.1.0.{n + 1}", dns_ttl=30, tags=("t",)), 0.0)
+    j = Journal(r, Settings(origin=ORIGIN), StaticZones())
+    before = set(j.records())
+    entries = len(j.diffs)
+    for step in range(300):
+        service = rng.choice(["big", "web"])
+        ids = list(r.instances(service))
+        roll = rng.random()
+        if roll < 0.6 or not ids:
+            n = rng.randrange(50)
+            change = r.register(
+                reg(service, f"b{n}", f"10.1.0.{n + 1}", dns_ttl=rng.choice([5, 30, 30, 30]),
+                    tags=tuple(rng.sample(["t", "u"], rng.randrange(3)))),
+                0.0,
+            )  # fmt: skip
+        else:
+            change = r.deregister(service, rng.choice(ids))
+        j.touch(change.service, change.id)
+        j.observe(budget=rng.choice([1, 3, 7]))
+        if step % 10:
+            continue
+        while not j.observe(budget=5):
+            pass
+        now = set(j.records())
+        assert now == set(Journal(r, Settings(origin=ORIGIN), StaticZones()).records()), step
+        zone = set(before)
+        for diff in list(j.diffs)[entries:]:
+            assert not set(diff.added) & set(diff.deleted)
+            zone = (zone - set(diff.deleted)) | set(diff.added)
+        assert zone == now, step
+        assert j.diffs[-1].to_revision == r.revision
+        before, entries = now, len(j.diffs)
