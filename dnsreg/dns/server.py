@@ -27,8 +27,14 @@ Handler = Callable[..., bytes | None]  # (data, *, tcp) -> reply or None
 class MessageStream(Protocol):
     """Replies made a batch at a time (a large zone transfer, dns/xfr_out)."""
 
+    done: bool
+
     def next_batch(self) -> list[bytes]:
-        """The next messages; empty once all were given."""
+        """The next messages (maybe none yet); :attr:`done` once all were given."""
+        ...
+
+    def close(self) -> None:
+        """Stop early (the client went)."""
         ...
 
 
@@ -327,14 +333,13 @@ class _TcpConnection(asyncio.Protocol):
     async def _stream_out(self, stream: MessageStream) -> None:
         """Write ``stream`` a batch per turn of the loop, waiting while the client reads."""
         try:
-            while True:
+            while not stream.done:
                 transport = self.transport
                 if transport is None or transport.is_closing():
                     return
                 batch = stream.next_batch()
-                if not batch:
-                    break
-                transport.write(b"".join(len(m).to_bytes(2, "big") + m for m in batch))
+                if batch:
+                    transport.write(b"".join(len(m).to_bytes(2, "big") + m for m in batch))
                 self._arm()  # a transfer in progress is not an idle connection
                 if self.writable is not None:
                     await self.writable.wait()
@@ -346,6 +351,7 @@ class _TcpConnection(asyncio.Protocol):
             return
         finally:
             self.waiting = None
+            stream.close()  # nothing left, or the client went: release what it holds
         self.listener.touched(self)
         self.data_received(b"")  # what arrived meanwhile
 

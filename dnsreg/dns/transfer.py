@@ -31,7 +31,7 @@ from __future__ import annotations
 import itertools
 import random
 from collections import Counter, deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Generator, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 
 from dnsreg.core.names import Name, is_subdomain
@@ -99,6 +99,8 @@ class _Delta:
 
 # Instances asked again per step of a sliced observe.
 CHUNK = 64
+# Records a transfer's snapshot copies per step (a few ms).
+SNAPSHOT_STEP = 50_000
 
 
 @dataclass(slots=True)
@@ -188,6 +190,7 @@ class Journal:
         self._delta = _Delta()
         self._rest_moved = True
         self._built = False  # the first snapshot is done
+        self.readers = 0  # snapshots being copied (see :meth:`snapshot`)
         self.soa = self._current_soa()
         self.diffs: deque[Diff] = deque()
         if build:
@@ -202,12 +205,32 @@ class Journal:
         for part in self._parts.values():
             yield from part.counts
 
-    def snapshot(self) -> list[Record]:
-        """:meth:`records` as a list, copied at C speed (a transfer's one revision)."""
+    def snapshot(self, step: int = SNAPSHOT_STEP) -> Generator[list[Record], None, None]:
+        """:meth:`records` copied in lists of about ``step`` records (a transfer's one
+        revision, taken over a few turns of the loop: 800 000 records are ~50 ms).
+
+        While it runs, :meth:`observe` changes nothing (it returns False): what it
+        hands out stays one revision. Close it (or run it to the end) to release.
+        """
         chain = itertools.chain.from_iterable
-        out = list(chain(chain(nodes.values() for nodes in self._nodes.values())))
-        out.extend(chain(part.counts for part in self._parts.values()))
-        return out
+        self.readers += 1
+        try:
+            out: list[Record] = []
+            for nodes in list(self._nodes.values()):
+                names = list(nodes.values())
+                for at in range(0, len(names), step // 4):  # ~4 records a name
+                    out.extend(chain(names[at : at + step // 4]))
+                    if len(out) >= step:
+                        yield out
+                        out = []
+            for part in list(self._parts.values()):
+                out.extend(part.counts)
+                if len(out) >= step:
+                    yield out
+                    out = []
+            yield out
+        finally:
+            self.readers -= 1
 
     def soa_at(self, revision: int) -> Record:
         assert isinstance(self.soa.rdata, SOAData)
@@ -236,6 +259,8 @@ class Journal:
         """
         if static is not None:
             self.static = static
+        if self.readers:
+            return False  # a transfer is copying the zone: it stays as it is meanwhile
         registry = self.registry
         if (
             self._built

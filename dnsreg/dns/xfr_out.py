@@ -18,7 +18,9 @@ so a zone of 400 000 records does not hold the event loop for seconds.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Callable, Iterable, Sequence
+from collections import deque
+from collections.abc import Callable, Generator, Iterable, Sequence
+from dataclasses import dataclass
 
 import dns.exception
 import dns.message
@@ -27,7 +29,7 @@ import dns.rdatatype
 from dnsreg.core.names import Name
 from dnsreg.dns.answers import Kind, Reply
 from dnsreg.dns.records import AXFR, IXFR, Record, SOAData, Writer
-from dnsreg.dns.transfer import Journal, serial_lt
+from dnsreg.dns.transfer import SNAPSHOT_STEP, Journal, serial_lt
 from dnsreg.dns.tsig import Signed, Signer
 from dnsreg.dns.wire import (
     AA,
@@ -113,7 +115,7 @@ class Transfers:
         signer = self.signer if signed is not None else None
         if isinstance(found, Reply):  # one message: a refusal
             messages = [encode_reply(query, found, TCP_LIMIT)]
-        elif len(found) > SLICE:
+        elif isinstance(found, _Copy) or len(found) > SLICE:
             sign = signer.stream(signed).sign if signer is not None and signed else None
             return TransferStream(self, query, found, sign)
         else:
@@ -122,7 +124,7 @@ class Transfers:
             return signer.sign(signed, messages)
         return messages
 
-    def _content(self, data: bytes, query: Query, allowed: bool) -> Reply | list[Record]:
+    def _content(self, data: bytes, query: Query, allowed: bool) -> Reply | list[Record] | _Copy:
         """A refusal, or the records to send (SOA first and last), at one revision."""
         refused = Reply(Kind.REFUSED, authoritative=False)
         if query.qname != self.origin:
@@ -133,7 +135,9 @@ class Transfers:
             self.refused += 1
             return refused
         journal = self.journal
-        journal.observe(self.static())  # one revision, exactly as DNS serves it now
+        # One revision, exactly as DNS serves it now (unless another transfer is copying
+        # the zone: then the revision that one copies).
+        journal.observe(self.static())
         current = journal.soa
         if query.qtype == IXFR:
             client = _client_serial(data)
@@ -157,10 +161,14 @@ class Transfers:
             self.served["ixfr-as-axfr"] += 1  # RFC 1995 §4: the full zone, AXFR-style
         else:
             self.served["axfr"] += 1
-        zone = journal.snapshot()
-        if len(zone) <= SORT_LIMIT:
-            zone.sort(key=_order)
-        return [current, *zone, current]
+        steps = journal.snapshot()
+        zone = next(steps)
+        if len(zone) < SNAPSHOT_STEP:  # the whole zone in one step
+            steps.close()
+            if len(zone) <= SORT_LIMIT:
+                zone.sort(key=_order)
+            return [current, *zone, current]
+        return _Copy(current, zone, steps)
 
     def pack(self, query: Query, records: Sequence[Record]) -> list[bytes]:
         """Records into messages below the limit; the question only in the first (RFC 5936 §2.2)."""
@@ -239,40 +247,78 @@ class _Packer:
         return Transfers._finish(self.w, self.query, QR | AA, self.first, self.count)
 
 
+@dataclass(slots=True)
+class _Copy:
+    """A whole zone being copied from the journal a step at a time, SOA first and last."""
+
+    soa: Record
+    first: list[Record]
+    steps: Generator[list[Record], None, None]
+
+
 class TransferStream:
     """A large transfer's messages, packed (and signed) one slice of records at a time.
 
-    The TCP listener calls :meth:`next_batch` until it comes back empty, writing
-    each batch and yielding to other work in between. The records are a snapshot
-    taken when the transfer began: writes that land meanwhile go in the next one.
+    The TCP listener calls :meth:`next_batch` until :attr:`done`, writing each
+    batch and yielding to other work in between. The records are one revision:
+    a whole zone is copied from the journal a step per batch (it changes nothing
+    meanwhile, a few turns of the loop), then packed from the copy, so writes
+    that land during a long transfer go in the next one.
     """
 
     def __init__(
         self,
         transfers: Transfers,
         query: Query,
-        records: list[Record],
+        records: list[Record] | _Copy,
         sign: Callable[[bytes], bytes] | None,
         slice_size: int = SLICE,
     ) -> None:
-        self.records = records
         self.sign = sign
         self.slice_size = slice_size
         self._packer = _Packer(transfers, query)
+        self._copy: _Copy | None = None
+        if isinstance(records, _Copy):
+            self._copy = records
+            self._parts: deque[list[Record]] = deque([[records.soa], records.first])
+        else:
+            self._parts = deque([records])
         self._at = 0
         self.done = False
 
     def next_batch(self) -> list[bytes]:
-        """The next messages; empty once the last was given."""
+        """The next messages (none when a step packed too little to fill one)."""
+        copy = self._copy
+        if copy is not None:  # copy on: the journal is held still until it is done
+            more = next(copy.steps, None)
+            if more is None:
+                self._parts.append([copy.soa])
+                self._copy = None
+            else:
+                self._parts.append(more)
         out: list[bytes] = []
-        while not out and not self.done:  # a slice that filled no message: the next one
-            end = self._at + self.slice_size
-            out = self._packer.add(self.records[self._at : end])
-            self._at = end
-            if end >= len(self.records):
-                out.append(self._packer.finish())
-                self.done = True
-                self.records = []
+        left = self.slice_size
+        parts = self._parts
+        while left > 0 and parts:
+            records = parts[0]
+            chunk = records[self._at : self._at + left]
+            out.extend(self._packer.add(chunk))
+            left -= len(chunk)
+            self._at += len(chunk)
+            if self._at >= len(records):
+                parts.popleft()
+                self._at = 0
+        if not parts and self._copy is None:
+            out.append(self._packer.finish())
+            self.done = True
         if self.sign is not None:
             out = [self.sign(wire) for wire in out]
         return out
+
+    def close(self) -> None:
+        """Abandoned (the client went): the journal is released."""
+        if self._copy is not None:
+            self._copy.steps.close()
+            self._copy = None
+        self._parts.clear()
+        self.done = True

@@ -272,3 +272,31 @@ def test_a_sliced_observe_ends_where_a_whole_one_does(seed: int) -> None:
         assert zone == now, step
         assert j.diffs[-1].to_revision == r.revision
         before, entries = now, len(j.diffs)
+
+
+def test_a_zone_copy_holds_the_journal_still_and_releases_it() -> None:
+    """A transfer copies the zone a step at a time: meanwhile a change waits (the copy is
+    one revision), and once the copy is done or abandoned the journal catches up."""
+    r = Registry()
+    for n in range(300):
+        r.register(reg("big", f"i{n}", f"10.1.{n >> 8}.{n & 255}"), 0.0)
+    j = Journal(r, Settings(origin=ORIGIN), StaticZones())
+    whole = set(j.records())
+    steps = j.snapshot(step=200)
+    copied = list(next(steps))
+    change = r.register(reg("big", "late", "10.9.9.9"), 0.0)
+    j.touch(change.service, change.id)
+    assert not j.observe()  # held still
+    copied += [rec for part in steps for rec in part]
+    assert set(copied) == whole, "one revision, the one before the change"
+    assert j.observe()
+    assert any(rec.rdata.text() == "10.9.9.9" for rec in j.records())
+
+    abandoned = j.snapshot(step=200)
+    next(abandoned)
+    change = r.deregister("big", "late")
+    j.touch(change.service, change.id)
+    assert not j.observe()
+    abandoned.close()  # the client went
+    assert j.observe()
+    assert set(j.records()) == whole
