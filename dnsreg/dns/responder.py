@@ -2,8 +2,9 @@
 
 The UDP and TCP servers hand every packet to :meth:`Responder.respond` and
 send back whatever it returns. ``None``: nothing to send now; the listener
-asks ``dns/deferred`` whether the message is answered later (a DNS UPDATE,
-or a query waiting for a large service's answer material, :attr:`pending`).
+asks ``dns/deferred`` whether the message is answered later (a DNS UPDATE, a
+query waiting for a large service's answer material, :attr:`pending`, or a
+zone transfer waiting for the journal to catch up).
 Replies to plain queries are cached as wire bytes (``answer_cache``); a miss
 goes through the pure answer builder and fills the cache.
 """
@@ -172,18 +173,8 @@ class Responder:
                 "answer cache miss: %s %s", to_text(query.qname),
                 dns.rdatatype.to_text(dns.rdatatype.RdataType.make(query.qtype)),
             )  # fmt: skip
-        try:
-            reply = answer(
-                Question(query.qname, query.qtype, query.qclass, tcp),
-                self.registry,
-                self._static,
-                self.settings,
-                self.rng,
-                self.materials,
-            )
-        except MaterialPending as wait:
-            # A large service's material is being built in slices: answered once it is.
-            self.pending = wait.build
+        reply = self._answer(query, tcp)
+        if reply is None:
             return None
         if self.stale and reply.scope != Scope.STATIC:
             # Zone-file answers do not come from the registry: they cannot be stale.
@@ -219,8 +210,19 @@ class Responder:
         except Malformed as bad:
             self.built[(query.qtype, Rcode.NOTAUTH)] += 1
             return bad.reply
+        reply = self._answer(query, tcp)
+        if reply is None:
+            return None
+        # Leave room for the TSIG record the signature adds (name, algorithm, MAC).
+        wire = encode_reply(query, reply, size_limit(query, tcp) - TSIG_ROOM)
+        self.built[(query.qtype, wire[3] & 0xF)] += 1
+        return self.signer.sign(signed, [wire])[0]
+
+    def _answer(self, query: Query, tcp: bool) -> Reply | None:
+        """The builder's reply; None: it waits for a large service's material, which is
+        being built in slices (:attr:`pending` says which; dns/deferred answers later)."""
         try:
-            reply = answer(
+            return answer(
                 Question(query.qname, query.qtype, query.qclass, tcp),
                 self.registry,
                 self._static,
@@ -229,13 +231,8 @@ class Responder:
                 self.materials,
             )
         except MaterialPending as wait:
-            # A large service's material is being built in slices: answered once it is.
             self.pending = wait.build
             return None
-        # Leave room for the TSIG record the signature adds (name, algorithm, MAC).
-        wire = encode_reply(query, reply, size_limit(query, tcp) - TSIG_ROOM)
-        self.built[(query.qtype, wire[3] & 0xF)] += 1
-        return self.signer.sign(signed, [wire])[0]
 
     def _stamp(self, scope: str) -> int:
         registry = self.registry
