@@ -81,20 +81,19 @@ class _Delta:
         self.added: set[Record] = set()
 
     def gone(self, records: Iterable[Record]) -> None:
-        added, deleted = self.added, self.deleted
-        for record in records:
-            if record in added:
-                added.discard(record)
-            else:
-                deleted.add(record)
+        _toggle(records, undo=self.added, into=self.deleted)
 
     def came(self, records: Iterable[Record]) -> None:
-        added, deleted = self.added, self.deleted
-        for record in records:
-            if record in deleted:
-                deleted.discard(record)
-            else:
-                added.add(record)
+        _toggle(records, undo=self.deleted, into=self.added)
+
+
+def _toggle(records: Iterable[Record], *, undo: set[Record], into: set[Record]) -> None:
+    """Each record undoes its opposite move in this entry, or else is one more move."""
+    for record in records:
+        if record in undo:
+            undo.discard(record)
+        else:
+            into.add(record)
 
 
 # Instances asked again per step of a sliced observe.
