@@ -39,6 +39,9 @@ class Group:
     weights: list[int] = field(default_factory=list)
     at: dict[str, int] = field(default_factory=dict)  # id -> index in ``instances``
     _cumulative: list[int] | None = None
+    # How many members have each weight: one weight for all (the common case) makes a
+    # weighted draw a uniform one, which ``random.sample`` does 3x faster than bisection.
+    weight_counts: Counter[int] = field(default_factory=Counter)
 
     @property
     def cumulative(self) -> list[int]:
@@ -54,10 +57,12 @@ class Group:
         self.at[instance.reg.id] = len(self.instances)
         self.instances.append(instance)
         self.weights.append(instance.reg.weight)
+        self.weight_counts[instance.reg.weight] += 1
         self._cumulative = None
 
     def remove(self, instance_id: str) -> None:
         index = self.at.pop(instance_id)
+        _decrement(self.weight_counts, self.weights[index])
         last, weight = self.instances.pop(), self.weights.pop()
         if index < len(self.instances):
             self.instances[index] = last
@@ -113,7 +118,9 @@ class Pool:
             self.groups.sort(key=lambda g: g.priority)
         base = len(group.instances)
         group.instances.extend(instances)
-        group.weights.extend([r.weight for r in regs])
+        weights = [r.weight for r in regs]
+        group.weights.extend(weights)
+        group.weight_counts.update(weights)
         group.at.update(zip([r.id for r in regs], range(base, base + len(regs)), strict=True))
         group._cumulative = None
         self.count += len(regs)
@@ -183,8 +190,12 @@ def _decrement(counter: Counter[int], key: int) -> None:
 
 
 def _sample(group: Group, need: int, rng: random.Random) -> list[Instance]:
-    members, cumulative = group.instances, group.cumulative
+    members = group.instances
     n = len(members)
+    if len(group.weight_counts) == 1:
+        # One weight for all: a weighted draw without replacement is a uniform sample.
+        return [members[at] for at in rng.sample(range(n), need)]
+    cumulative = group.cumulative
     # The order in which indices first appear in a sequence of independent weighted
     # draws is a weighted draw without replacement; ``choices`` bisects in C-speed batches.
     picked: dict[int, None] = {}

@@ -171,9 +171,14 @@ def _pools_of(material: Material) -> dict[int, tuple[object, ...]]:
     for rtype in (A, AAAA, SRV):
         pool = material.pool(rtype)
         groups = tuple(
-            (g.priority, sorted(i.reg.id for i in g.instances), g.total if g.instances else 0)
+            (
+                g.priority, sorted(i.reg.id for i in g.instances), g.total if g.instances else 0,
+                +g.weight_counts,
+            )
             for g in pool.groups
-        )
+        )  # fmt: skip
+        for g in pool.groups:  # the counts follow the weights through every patch
+            assert g.weight_counts == Counter(g.weights)
         out[rtype] = (groups, pool.count, pool.ttl, pool.min_rr)
     return out
 
@@ -274,3 +279,26 @@ def test_dnssd_browsing_a_huge_service_is_bounded_and_follows_changes() -> None:
     assert first[0] not in second
     assert second[1:] == first[1 : len(second)]
     assert responder.materials.builds == builds, "patched, not rebuilt"
+
+
+def test_one_weight_for_all_draws_a_uniform_sample_without_repeats() -> None:
+    """Every member of equal weight (the common case): each draw has no instance twice,
+    and over many draws every instance comes up about as often (a uniform sample); one
+    heavier instance and the draw is weighted again."""
+    registry = registry_of(3_000)
+    material = MaterialCache().get(registry, "big", (), lambda: None, ORIGIN, lambda i: True)
+    pool = material.pool(A)
+    rng = random.Random(9)
+    seen: Counter[str] = Counter()
+    for _ in range(400):
+        chosen = pool.draw(100, rng)
+        assert len({i.reg.id for i in chosen}) == len(chosen) == 100
+        seen.update(i.reg.id for i in chosen)
+    # 40 000 picks over 3 000 instances: ~13.3 each, every one drawn, none far off.
+    assert len(seen) == 3_000
+    assert max(seen.values()) < 35
+    heavy = registry_of(3_000, heavy=30)
+    material = MaterialCache().get(heavy, "big", (), lambda: None, ORIGIN, lambda i: True)
+    picks = Counter(i.reg.id for _ in range(200) for i in material.pool(A).draw(100, rng))
+    # Uniform would give the 30 heavy ones 1 place in 100 per draw; weight 100 gives ~27.
+    assert sum(picks[f"i{n}"] for n in range(30)) > 200 * 20
