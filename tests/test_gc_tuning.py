@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from dnsreg.gc_tuning import BULK_MADE, GcTuning
+from dnsreg.gc_tuning import BULK_MADE, FULL_EVERY, GcTuning
 from tests.helpers import Running, async_wait_until
 
 
@@ -141,3 +141,14 @@ async def test_the_server_exports_its_gc_pauses_and_freezes(running: Running) ->
             samples
         )
         assert ("dnsreg_gc_pause_seconds_sum", (("generation", generation),)) in samples
+
+
+async def test_full_collections_run_less_often_while_tuned_and_as_before_after() -> None:
+    before = gc.get_threshold()
+    tuning = GcTuning(check_every=10)
+    tuning.start()
+    try:
+        assert gc.get_threshold() == (before[0], before[1], FULL_EVERY)
+    finally:
+        tuning.stop()
+    assert gc.get_threshold() == before
