@@ -6,7 +6,8 @@ which no DNS query is answered. The registry's objects live as long as the
 process (instances are immutable values; refcounting frees the replaced ones,
 no cycle needs the collector), so they are moved out of the collector's reach
 with :func:`gc.freeze` after the start-up load, after (and during) a burst of
-changes (at most once per ``check_every``), and whenever a full collection
+changes (at most once per ``check_every``; its tail once the registry is quiet),
+when what queries keep grew by a burst's worth, and whenever a full collection
 still took longer than ``refreeze_over`` (whatever piled up since the last
 freeze) while the registry changed, or twice in a row. A frozen full collection walks only what
 is young: microseconds.
@@ -152,6 +153,9 @@ class GcTuning:
             # next full collection walks it; during a long burst each full collection
             # then walks at most one interval's worth of new objects.
             self.freeze(f"{self.changes} changes")
+        elif self.changes >= SLOW_AND_CHANGED and self.changes == self._quiet_changes:
+            # The tail of a burst, quiet since the last look: what it made stays too.
+            self.freeze(f"{self.changes} changes, then quiet")
         elif self._made:
             made = self._made_now()
             # Shrunk (evictions): the baseline follows, so only new growth counts.

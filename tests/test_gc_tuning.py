@@ -103,6 +103,26 @@ async def test_objects_queries_keep_are_frozen_once_they_grew_by_a_burst(
         tuning.stop()
 
 
+async def test_the_tail_of_a_burst_is_frozen_once_the_registry_is_quiet(
+    unfrozen: None,
+) -> None:
+    tuning = GcTuning(check_every=0.01, bulk_changes=1_000)
+    tuning.start()
+    try:
+        for _ in range(150):  # fewer than a burst, more than a trickle
+            tuning.changed()
+        await async_wait_until(lambda: tuning.freezes == 1)
+        assert tuning.changes == 0
+        for _ in range(99):  # a trickle: left to the collector
+            tuning.changed()
+        for _ in range(3):
+            tuning._quiet_changes = -1
+            await async_wait_until(lambda: tuning._quiet_changes == 99)
+        assert tuning.freezes == 1
+    finally:
+        tuning.stop()
+
+
 async def test_a_burst_of_changes_is_frozen(unfrozen: None) -> None:
     tuning = GcTuning(check_every=0.01, bulk_changes=100)
     tuning.start()
