@@ -327,13 +327,13 @@ class Server:
             key = next((k.dns_key() for k in cfg.tsig_keys if k.name == cfg.notify_key), None)
             self.notifier = Notifier(origin=cfg.origin, secondaries=secondaries, key=key,
                                      soa_text=lambda: journal.soa.rdata.text())  # fmt: skip
-        self.journal_keeper = JournalKeeper(journal, lambda: responder.static, self.notifier)
-        store.subscribe(self.journal_keeper.changed)
-        self._zone_changed = self.journal_keeper.changed
-        self.journal_keeper.changed()  # the first snapshot
-        responder.journal_busy = lambda: (
-            self.journal_keeper is not None and self.journal_keeper.busy
+        keeper = self.journal_keeper = JournalKeeper(
+            journal, lambda: responder.static, self.notifier
         )
+        store.subscribe(keeper.changed)
+        self._zone_changed = keeper.changed
+        keeper.changed()  # the first snapshot
+        responder.journal_busy = lambda: keeper.busy
         notifier = self.notifier
         if notifier is not None:
             notifier.start()

@@ -118,16 +118,13 @@ class Responder:
 
     def respond_tcp(self, data: bytes, peer: str) -> bytes | list[bytes] | TransferStream | None:
         """One TCP message: a zone transfer streams several replies (dns/xfr_out)."""
-        transfers = self.transfers
-        if transfers is not None and _maybe_transfer(data):
+        if self.transfers is not None and _maybe_transfer(data):
             if self.journal_busy is not None and self.journal_busy():
                 # The journal is catching up a slice per loop turn: the transfer waits
                 # for it (dns/deferred) rather than making it catch up here at once.
                 self.transfer_waits = True
                 return None
-            messages = transfers.tcp(data, peer)
-            if messages is not None:
-                return messages
+            return self.transfer_now(data, peer)
         return self.respond(data, tcp=True)
 
     def respond(self, data: bytes, *, tcp: bool) -> bytes | None:

@@ -96,8 +96,6 @@ def _toggle(records: Iterable[Record], *, undo: set[Record], into: set[Record]) 
             into.add(record)
 
 
-# Instances asked again per step of a sliced observe.
-CHUNK = 64
 # Records a transfer's snapshot copies per step (a few ms).
 SNAPSHOT_STEP = 50_000
 
@@ -296,7 +294,7 @@ class Journal:
             if budget is not None and spent >= budget:
                 return False
             service, work = next(iter(self._work.items()))
-            room = len(work.ids) if budget is None else max(1, min(CHUNK, budget - spent))
+            room = len(work.ids) if budget is None else max(1, budget - spent)
             take, work.ids = work.ids[:room], work.ids[room:]
             spent += len(take)
             self._ask_instances(service, work, take)
