@@ -206,6 +206,17 @@ async def udp_raw(port: int, packet: bytes, wait: float = 3.0) -> bytes | None:
     return replies[0] if replies else None
 
 
+async def udp_reply(port: int, packet: bytes, wait: float = 3.0) -> bytes:
+    """The reply to one datagram, however late it comes (a deferred answer follows
+    what was answered inline, so :func:`udp_raw`'s sentinel would overtake it)."""
+    loop = asyncio.get_running_loop()
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.setblocking(False)
+        sock.connect(("127.0.0.1", port))
+        await loop.sock_sendall(sock, packet)
+        return await asyncio.wait_for(loop.sock_recv(sock, 65535), wait)
+
+
 async def tcp_raw(port: int, packet: bytes, wait: float = 3.0) -> bytes | None:
     """Send one length-prefixed message on a new connection; None: the server closed it."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)

@@ -19,7 +19,7 @@ import pytest_asyncio
 
 from dnsreg.app import Server
 from dnsreg.core.model import Registration
-from tests.helpers import make_config, read_frame, start_server, tcp_raw, udp_raw
+from tests.helpers import make_config, read_frame, start_server, tcp_raw, udp_reply
 
 ZONE = "service.local"
 # Loose enough for a loaded 2-core machine shared by many jobs (the real figure, ~35 ms
@@ -125,7 +125,7 @@ async def test_other_services_are_answered_meanwhile(stuffed: tuple[Server, int]
             for rtype in ("A", "SRV", "ANY"):
                 # Raw bytes: parsing 64 KiB replies here would stall this (shared) loop too.
                 wire = dns.message.make_query(f"big.{ZONE}", rtype, use_edns=0).to_wire()
-                raw = await (tcp_raw(port, wire) if n % 2 else udp_raw(port, wire))
+                raw = await (tcp_raw(port, wire) if n % 2 else udp_reply(port, wire))
                 assert raw is not None
         stop.set()
 
